@@ -1,0 +1,44 @@
+# dinov2-eqcoh: every target does its own set-up on a fresh machine.
+#   make test      venv + dependencies + patched DINOv2, then the test suite (CPU, ~10 min on 2 cores)
+#   make demo      the main job: three models on the built-in dataset, probes, report in out/demo/
+#   make dinov2    (re)install DINOv2 at the pin with patches/ applied; DINOV2_SRC=<git URL or local clone>
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip
+PIN := $(shell sed -n 's/^commit=//p' patches/UPSTREAM)
+DEMO_OUT ?= out/demo
+PYTEST_ARGS ?=
+
+.PHONY: venv dinov2 test demo lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Re-run the installer when the pin or the patches change, or when DINOV2_SRC is given explicitly.
+build/dinov2.stamp: $(VENV)/.installed patches/UPSTREAM patches/series $(wildcard patches/*.patch) patches/install_dinov2.sh patches/apply.sh
+	PYTHON=$(PYTHON) patches/install_dinov2.sh
+
+dinov2: $(VENV)/.installed
+	PYTHON=$(PYTHON) patches/install_dinov2.sh
+
+test: build/dinov2.stamp
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+demo: build/dinov2.stamp
+	$(PYTHON) -m dinov2_eqcoh.demo --output-dir $(DEMO_OUT)
+
+bench: build/dinov2.stamp
+	$(PYTHON) -m dinov2_eqcoh.bench
+
+lint: $(VENV)/.installed
+	$(PYTHON) -m ruff check dinov2_eqcoh tests
+
+clean:
+	rm -rf build out .pytest_cache
