@@ -1,0 +1,172 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The plugin's configuration: DINOv2's defaults + the `eqcoh` overlay, merged strictly, then checked.
+
+Merge order (DINOv3's strict merge, detectron2's `add_<project>_config`): DINOv2's `ssl_default_config.yaml` ←
+`configs/eqcoh_default_config.yaml` → struct mode → the experiment file → the command-line dotlist. A key that
+is in neither default is an error naming its full path and the closest valid key, and the `eqcoh` values are
+range-checked, all before DINOv2 starts a process group or builds a model (`EqCohMetaArch.build_cfg` runs inside
+DINOv2's `get_cfg_from_args`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from pathlib import Path
+from typing import Iterable, NoReturn, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+PLUGIN_DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "eqcoh_default_config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config key or value that the plugin does not accept; the message names the key and what is allowed."""
+
+
+def load_plugin_default_config() -> DictConfig:
+    """The plugin's own defaults (`eqcoh.*`, the data seams, `compute_precision` of the new modules)."""
+    return OmegaConf.load(PLUGIN_DEFAULT_CONFIG)
+
+
+def load_default_config() -> DictConfig:
+    """DINOv2's default config with the plugin's defaults merged over it (not in struct mode)."""
+    from dinov2.configs import dinov2_default_config
+
+    return OmegaConf.merge(OmegaConf.create(dinov2_default_config), load_plugin_default_config())
+
+
+def build_cfg(
+    default_cfg: DictConfig, file_cfg: DictConfig, cli_cfg: DictConfig, *, file_name: str = "the config file"
+) -> DictConfig:
+    """Assemble the training config: defaults ← plugin defaults, struct mode, ← file ← command line, then validate.
+
+    Args:
+        default_cfg: DINOv2's default config (what DINOv2's `get_cfg_from_args` passes).
+        file_cfg: The experiment file (`--config-file`).
+        cli_cfg: The command-line dotlist (`a.b=c ...`).
+        file_name: How to name the file in error messages.
+
+    Returns:
+        The merged config, in struct mode (a later assignment to an unknown key fails too).
+
+    Raises:
+        ConfigError: For an unknown key (with its full path and the closest valid name) or an invalid `eqcoh`,
+            crop or patch value (with the allowed range).
+    """
+    cfg = OmegaConf.merge(default_cfg, load_plugin_default_config())
+    OmegaConf.set_struct(cfg, True)
+    for source, other in ((file_name, file_cfg), ("the command line", cli_cfg)):
+        check_known_keys(cfg, other, source)
+        cfg = OmegaConf.merge(cfg, other)
+    validate(cfg)
+    return cfg
+
+
+def load_config(config_file: str | Path, opts: Sequence[str] = ()) -> DictConfig:
+    """The config a training run with `--config-file config_file opts...` would use (for tools and tests).
+
+    `optim.lr` is left as in the file: DINOv2's scaling rule needs the world size and is applied at start-up.
+    """
+    from dinov2.configs import dinov2_default_config
+
+    return build_cfg(
+        OmegaConf.create(dinov2_default_config),
+        OmegaConf.load(config_file),
+        OmegaConf.from_dotlist(list(opts)),
+        file_name=str(config_file),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- unknown keys
+
+
+def _leaf_paths(cfg: DictConfig, prefix: str = "") -> Iterable[str]:
+    for key in cfg.keys():
+        node = cfg.get(key)
+        path = f"{prefix}{key}"
+        yield path
+        if isinstance(node, DictConfig):
+            yield from _leaf_paths(node, path + ".")
+
+
+def check_known_keys(
+    reference: DictConfig, other: DictConfig, source: str, _prefix: str = "", _root: DictConfig | None = None
+) -> None:
+    """Raise ConfigError for the first key of `other` that `reference` does not have (recursively).
+
+    Args:
+        reference: The config that defines the valid keys.
+        other: The config to merge into it.
+        source: Where `other` comes from, for the message.
+    """
+    for key in other.keys():
+        path = f"{_prefix}{key}"
+        if key not in reference:
+            siblings = [str(k) for k in reference.keys()]
+            close = difflib.get_close_matches(str(key), siblings, n=1, cutoff=0.6)
+            if close:
+                hint = f"did you mean '{_prefix}{close[0]}'?"
+            else:  # maybe a valid key at another level (e.g. `eqcoh.dim` for `eqcoh.decoder.dim`)
+                all_paths = list(_leaf_paths(reference if _root is None else _root))
+                close = difflib.get_close_matches(path, all_paths, n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'?" if close else "no similar key exists"
+            where = f"'{_prefix[:-1]}'" if _prefix else "the top level"
+            raise ConfigError(
+                f"unknown config key '{path}' in {source}: {hint} "
+                f"(valid keys at {where}: {', '.join(sorted(siblings))})"
+            )
+        ref_node, other_node = reference.get(key), other.get(key)
+        if isinstance(ref_node, DictConfig) and isinstance(other_node, DictConfig):
+            check_known_keys(ref_node, other_node, source, f"{path}.", reference if _root is None else _root)
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+def _fail(key: str, value, allowed: str) -> NoReturn:
+    raise ConfigError(f"{key} = {value!r} is not valid: {allowed}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the `eqcoh` values and the crop/patch sizes; raise ConfigError naming the key and the allowed range."""
+    from dinov2_eqcoh.transforms import TRANSFORMS
+
+    e = cfg.eqcoh
+    if not _is_number(e.loss_weight) or e.loss_weight < 0:
+        _fail("eqcoh.loss_weight", e.loss_weight, "λ must be a number >= 0 (0 = vanilla DINOv2; the paper uses 1)")
+    if not _is_int(e.n_intermediate) or e.n_intermediate < 1:
+        _fail("eqcoh.n_intermediate", e.n_intermediate, "K must be an integer >= 1 (the paper's default is 2)")
+    if not _is_int(e.d_patch) or e.d_patch < 2:
+        _fail("eqcoh.d_patch", e.d_patch, "must be an integer >= 2 (z_inv and z_equi both need channels)")
+    if not _is_int(e.d_equi) or not 0 < e.d_equi < e.d_patch:
+        _fail("eqcoh.d_equi", e.d_equi, f"must be an integer with 0 < d_equi < eqcoh.d_patch = {e.d_patch}")
+    if e.transform not in TRANSFORMS:
+        _fail("eqcoh.transform", e.transform, f"must be one of {', '.join(TRANSFORMS)}")
+    for key in ("apply_to_view", "extra_unmasked_pass"):
+        if not isinstance(e[key], bool):
+            _fail(f"eqcoh.{key}", e[key], "must be true or false")
+    for name, bounds in e.ranges.items():
+        key = f"eqcoh.ranges.{name}"
+        if not OmegaConf.is_list(bounds) or len(bounds) != 2 or not all(_is_number(b) for b in bounds):
+            _fail(key, bounds, "must be a list of two numbers [lo, hi]")
+        if bounds[0] > bounds[1]:
+            _fail(key, list(bounds), "must be ordered lo <= hi")
+    if e.ranges.blur_sigma[0] < 0:
+        _fail("eqcoh.ranges.blur_sigma", list(e.ranges.blur_sigma), "σ must be >= 0")
+    dim = e.decoder.dim
+    if not _is_int(dim) or dim < 8 or dim % 8:
+        _fail("eqcoh.decoder.dim", dim, "C must be an integer >= 8 and divisible by 8 (channels C, C/2, C/4, C/8)")
+    p = cfg.student.patch_size
+    for key in ("global_crops_size", "local_crops_size"):
+        size = cfg.crops[key]
+        if not _is_int(size) or size % p:
+            _fail(f"crops.{key}", size, f"must be a multiple of student.patch_size = {p}")

@@ -1,0 +1,10 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Evaluations of frozen backbones: the paper's synthetic equivariance tasks (R² of an MLP probe that regresses θ
+from the features of I and g_θ(I)) and invariance (k-NN and linear-probe top-1).
+
+    python -m dinov2_eqcoh.eval.equivariance --weights <ckpt> --output-dir <dir>
+    python -m dinov2_eqcoh.eval.invariance --weights <ckpt> --output-dir <dir>
+
+Functions for programmatic use: `dinov2_eqcoh.eval.equivariance.evaluate_equivariance`,
+`dinov2_eqcoh.eval.invariance.evaluate_invariance`, `dinov2_eqcoh.eval.features.load_backbone`.
+"""

@@ -1,0 +1,328 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The paper's synthetic equivariance tasks: how well θ can be read off the frozen features of I and g_θ(I).
+
+    python -m dinov2_eqcoh.eval.equivariance --weights <ckpt> --output-dir <dir> \
+        [--config-file <run>/config.yaml] [--dataset Synthetic:...|ImageFolder:root=...] \
+        [--tasks rot,color,blur,trans,se2] [--features cls|avgpool|both] [--n-train 1000 --n-test 500 --epochs 50]
+
+Protocol (METHOD.md, "How the paper measures equivariance"; the MLP as in SIE's scripts): for each image I
+(resized and centre-cropped to the eval size, ImageNet-normalised) and each task, draw θ uniformly from the
+paper's fixed ranges (Table 2; EVAL_RANGES, independent of the training config), render g_θ(I) with
+`dinov2_eqcoh.transforms.render` (the same g as training), take the frozen features f(I), f(g_θ(I)) and fit an MLP
+probe [f(I); f(g_θ(I))] (2d) -> 1024 -> 1024 -> θ (P), ReLU, MSE on standardised targets, Adam lr 1e-3, on
+`n_train` images. The score is R² = 1 - RSS/TSS on `n_test` held-out images, over all θ components at once with one
+global mean (as SIE does), in standardised target units so that components in different units (degrees, crop
+fractions) weigh alike. The summary is the mean R² over the tasks. Outputs equivariance.json and equivariance.png.
+
+Tasks (θ as `dinov2_eqcoh.transforms`): rot [φ], φ ∈ [-45°, 45°]; color [b, c, s, h], b, c, s ∈ [-0.4, 0.4],
+h ∈ [-0.1, 0.1]; blur [σ], σ ∈ [0.1, 2] px at 224 px (scaled with the eval size); trans [t_x, t_y] ∈ ±10 px at
+224 px (as fractions of the crop); se2 = rot + trans. The paper's mean is over rot, color, blur, trans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from dinov2_eqcoh.eval.features import (
+    add_backbone_args,
+    backbone_features,
+    backbone_from_args,
+    check_image_size,
+    default_device,
+    make_eval_dataset,
+    parse_feature_kinds,
+    progress,
+    setup_cli_logging,
+)
+from dinov2_eqcoh.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, THETA_NAMES, render, sample_theta
+
+logger = logging.getLogger("dinov2.eqcoh")
+
+# task name -> transform name in dinov2_eqcoh.transforms
+TASKS = {"rot": "rotation", "color": "color", "blur": "blur", "trans": "translation", "se2": "se2"}
+PAPER_TASKS = ("rot", "color", "blur", "trans")
+# the paper's fixed evaluation ranges (Table 2), in `eqcoh.ranges` units
+EVAL_RANGES = {
+    "rotation": (-45.0, 45.0),
+    "translation": (-10.0 / 224.0, 10.0 / 224.0),
+    "brightness": (-0.4, 0.4),
+    "contrast": (-0.4, 0.4),
+    "saturation": (-0.4, 0.4),
+    "hue": (-0.1, 0.1),
+    "blur_sigma": (0.1, 2.0),
+}
+
+
+def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """`"rot,color"` or a list -> task names, with an error naming unknown ones."""
+    tasks = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"--tasks: unknown or no task {unknown or spec!r}; allowed: {', '.join(TASKS)}")
+    return tuple(dict.fromkeys(tasks))
+
+
+class ThetaProbe(nn.Sequential):
+    """The regression probe: [f(I); f(g_θ(I))] (B, 2d) -> 1024 -> 1024 -> θ (B, P), ReLU."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024):
+        super().__init__(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+        )
+
+
+def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """R² = 1 - RSS/TSS over all entries of (N, P) tensors, TSS around one global mean of `target`."""
+    rss = (pred - target).pow(2).sum()
+    tss = (target - target.mean()).pow(2).sum()
+    return float(1.0 - rss / tss.clamp(min=1e-12))
+
+
+def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = train.mean(dim=0, keepdim=True), train.std(dim=0, keepdim=True).clamp(min=1e-6)
+    return (train - mean) / std, (test - mean) / std
+
+
+def fit_theta_probe(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    epochs: int = 50,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict:
+    """Fit the MLP probe on (x_train, y_train) and score R² on the held-out (x_test, y_test).
+
+    Inputs and targets are standardised with the training split's per-dimension mean and std.
+
+    Args:
+        x_train, x_test: (N, 2d) pair features.
+        y_train, y_test: (N, P) θ.
+
+    Returns:
+        {"r2": R² over all components (one global mean), "r2_per_dim": [R² of each component],
+        "train_mse": final training MSE (standardised units)}.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    x_train, x_test = _standardise(x_train.float(), x_test.float())
+    y_train, y_test = _standardise(y_train.float(), y_test.float())
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    probe = ThetaProbe(x_train.shape[1], y_train.shape[1]).to(device)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    n = x_train.shape[0]
+    loss = torch.zeros(())
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=gen).split(batch_size):
+            idx = idx.to(device)
+            loss = nn.functional.mse_loss(probe(x_train[idx]), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        pred = probe(x_test.to(device)).cpu()
+    per_dim = [r2_score(pred[:, j], y_test[:, j]) for j in range(y_test.shape[1])]
+    return {"r2": r2_score(pred, y_test), "r2_per_dim": per_dim, "train_mse": loss.item()}
+
+
+def equivariance_features(
+    backbone: nn.Module,
+    dataset,
+    indices: Sequence[int],
+    thetas: Mapping[str, torch.Tensor],
+    kinds: Sequence[str],
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """Frozen features of I and of g_θ(I) for every task, batched under no_grad.
+
+    Args:
+        dataset: items (image (3, S, S) normalised, label).
+        indices: the dataset items to use, N of them.
+        thetas: {task: (N, P) θ}, row n for image indices[n].
+
+    Returns:
+        ({kind: (N, D) features of I}, {task: {kind: (N, D) features of g_θ(I)}}), float32 on the CPU.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    backbone = backbone.to(device).eval()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
+    base: dict[str, list] = {k: [] for k in kinds}
+    moved: dict[str, dict[str, list]] = {t: {k: [] for k in kinds} for t in thetas}
+    start = 0
+    for images, _ in progress(loader, total=len(loader), desc=f"equivariance features ({len(indices)} images)"):
+        images = images.to(device, non_blocking=True)  # (B, 3, S, S)
+        stop = start + images.shape[0]
+        for k, v in backbone_features(backbone, images, kinds).items():
+            base[k].append(v.cpu())
+        for task, theta in thetas.items():
+            with torch.no_grad():
+                g_images = render(images, TASKS[task], theta[start:stop].to(device), mean, std)  # (B, 3, S, S)
+            for k, v in backbone_features(backbone, g_images, kinds).items():
+                moved[task][k].append(v.cpu())
+        start = stop
+    return (
+        {k: torch.cat(v) for k, v in base.items()},
+        {t: {k: torch.cat(v) for k, v in per.items()} for t, per in moved.items()},
+    )
+
+
+def evaluate_equivariance(
+    backbone: nn.Module,
+    dataset,
+    tasks: Sequence[str] = PAPER_TASKS,
+    features: str | Sequence[str] = ("cls", "avgpool"),
+    n_train: int = 1000,
+    n_test: int = 500,
+    epochs: int = 50,
+    batch_size: int = 64,
+    probe_batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    ranges: Mapping = EVAL_RANGES,
+) -> dict:
+    """R² of the θ-regression probe per task and feature kind (see the module docstring).
+
+    Args:
+        backbone: frozen encoder with DINOv2's `forward_features`.
+        dataset: items (image (3, S, S) ImageNet-normalised, label); `make_eval_dataset` builds one.
+        tasks: names from TASKS.
+        features: kinds from FEATURE_KINDS (or "both").
+        n_train, n_test: images for fitting the probe and for scoring it (a seeded random subset of the dataset).
+        epochs, probe_batch_size, lr: probe training.
+        batch_size, num_workers: feature extraction.
+        seed: image subset, θ draws and probe initialisation.
+        ranges: θ ranges (default: the paper's EVAL_RANGES).
+
+    Returns:
+        {"r2": {kind: {task: R², ..., "mean": mean over tasks}}, "r2_per_dim": {kind: {task: [...]}},
+        "tasks": {task: {"transform", "theta"}}, and the settings used}.
+    """
+    tasks = parse_tasks(tasks)
+    kinds = parse_feature_kinds(features)
+    if n_train < 2 or n_test < 2:
+        raise ValueError(f"n_train and n_test must be >= 2, got n_train={n_train}, n_test={n_test}")
+    if n_train + n_test > len(dataset):
+        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(dataset)} images of the dataset")
+    image = dataset[0][0]
+    check_image_size(int(image.shape[-1]), backbone)
+    device = torch.device(device) if device is not None else default_device()
+
+    gen = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(dataset), generator=gen)[: n_train + n_test].tolist()
+    thetas = {
+        t: torch.stack([sample_theta(TASKS[t], ranges, gen) for _ in indices]) for t in tasks
+    }  # {task: (N, P)}
+    base, moved = equivariance_features(backbone, dataset, indices, thetas, kinds, batch_size, device, num_workers)
+
+    r2: dict[str, dict[str, float]] = {}
+    per_dim: dict[str, dict[str, list]] = {}
+    for kind in kinds:
+        r2[kind], per_dim[kind] = {}, {}
+        for task in tasks:
+            pairs = torch.cat([base[kind], moved[task][kind]], dim=1)  # (N, 2d)
+            fit = fit_theta_probe(
+                pairs[:n_train], thetas[task][:n_train], pairs[n_train:], thetas[task][n_train:],
+                epochs=epochs, batch_size=probe_batch_size, lr=lr, seed=seed, device=device,
+            )
+            r2[kind][task], per_dim[kind][task] = fit["r2"], fit["r2_per_dim"]
+            logger.info(f"equivariance {kind:8s} R²({task}) = {fit['r2']:.4f} (train MSE {fit['train_mse']:.4f})")
+        r2[kind]["mean"] = sum(r2[kind][t] for t in tasks) / len(tasks)
+        logger.info(f"equivariance {kind:8s} mean R² over {','.join(tasks)} = {r2[kind]['mean']:.4f}")
+    return {
+        "r2": r2,
+        "r2_per_dim": per_dim,
+        "tasks": {t: {"transform": TASKS[t], "theta": list(THETA_NAMES[TASKS[t]])} for t in tasks},
+        "ranges": {k: list(v) for k, v in ranges.items()},
+        "features": list(kinds),
+        "n_train": n_train,
+        "n_test": n_test,
+        "epochs": epochs,
+        "image_size": int(image.shape[-1]),
+        "seed": seed,
+    }
+
+
+def plot_equivariance(results: Mapping, path: str, title: str = "") -> None:
+    """Bar chart of R² per task (and the mean), one bar per feature kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(results["r2"])
+    labels = list(results["r2"][kinds[0]])
+    width = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(labels), 3.2))
+    for i, kind in enumerate(kinds):
+        xs = [j + (i - (len(kinds) - 1) / 2) * width for j in range(len(labels))]
+        values = [results["r2"][kind][t] for t in labels]
+        bars = ax.bar(xs, values, width, label=kind)
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
+    ax.set_xticks(range(len(labels)), [f"R²({t})" if t != "mean" else "mean" for t in labels])
+    ax.set_ylim(min(0.0, min(min(results["r2"][k].values()) for k in kinds)) - 0.05, 1.08)
+    ax.axhline(0.0, color="k", linewidth=0.6)
+    ax.set_ylabel("R² (held-out)")
+    ax.set_title(title or f"equivariance probes ({results['n_train']} train / {results['n_test']} test images)",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("dinov2_eqcoh.eval.equivariance", description=__doc__.split("\n\n")[0])
+    add_backbone_args(parser)
+    parser.add_argument("--dataset", default=None,
+                        help="Synthetic:n=..:size=..:classes=..:seed=.. or ImageFolder:root=.. (default: Synthetic, "
+                             "seed 1, n_train + n_test images at the eval size)")
+    parser.add_argument("--tasks", default=",".join(PAPER_TASKS), help=f"comma list of {', '.join(TASKS)}")
+    parser.add_argument("--features", default="both", help="cls, avgpool, concat or both (= cls,avgpool); comma list")
+    parser.add_argument("--n-train", type=int, default=1000)
+    parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=50)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    setup_cli_logging(args.output_dir)
+    backbone, image_size = backbone_from_args(args)
+    dataset_str = args.dataset or f"Synthetic:n={args.n_train + args.n_test}:size={image_size}:classes=10:seed=1"
+    dataset = make_eval_dataset(dataset_str, image_size)
+    results = evaluate_equivariance(
+        backbone, dataset, tasks=parse_tasks(args.tasks), features=args.features, n_train=args.n_train,
+        n_test=args.n_test, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        num_workers=args.num_workers,
+    )
+    results.update({"weights": os.path.abspath(args.weights), "dataset": dataset_str})
+    with open(os.path.join(args.output_dir, "equivariance.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plot_equivariance(results, os.path.join(args.output_dir, "equivariance.png"))
+    summary = ", ".join(f"{k}: " + " ".join(f"{t}={v:.3f}" for t, v in r.items()) for k, r in results["r2"].items())
+    print(f"equivariance R² ({args.output_dir}/equivariance.json): {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

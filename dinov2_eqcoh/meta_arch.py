@@ -1,0 +1,247 @@
+# SPDX-License-Identifier: Apache-2.0
+"""EqCohMetaArch: DINOv2's SSLMetaArch plus transformed-image reconstruction (Wang et al., AAAI-26).
+
+Selected by `train.meta_arch: dinov2_eqcoh.meta_arch:EqCohMetaArch`; DINOv2's `main` builds it as `cls(cfg)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, open_dict
+from torch import nn
+
+from dinov2.layers import DINOHead
+from dinov2.train.ssl_meta_arch import SSLMetaArch
+from dinov2_eqcoh.decoder import EqCohDecoders
+
+logger = logging.getLogger("dinov2.eqcoh")
+
+
+class EqCohHead(nn.Module):
+    """The linear eqcoh head: every backbone token -> d_patch features, split along channels [z_inv, z_equi].
+
+    "A linear head on top of the backbone gives d_patch features per token, split along channels into z_inv
+    (d_inv) and z_equi (d_equi)" (METHOD.md, after [0]). The head sits outside the backbone, which stays a plain
+    DINOv2 ViT that every DINOv2 consumer loads unchanged.
+
+    Args:
+        embed_dim: Backbone token width D.
+        d_patch: Output width, d_inv + d_equi.
+        d_equi: Width of z_equi (the last d_equi channels).
+    """
+
+    def __init__(self, embed_dim: int, d_patch: int, d_equi: int) -> None:
+        super().__init__()
+        if not 0 < d_equi < d_patch:
+            raise ValueError(f"need 0 < d_equi < d_patch, got d_equi={d_equi}, d_patch={d_patch}")
+        self.d_inv = d_patch - d_equi
+        self.proj = nn.Linear(embed_dim, d_patch)  # named `proj` so its bias gets no weight decay in DINOv2's groups
+        nn.init.trunc_normal_(self.proj.weight, std=0.02)  # as DINOHead initialises its linear layers
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project and split.
+
+        Args:
+            x: (T, D) tokens.
+
+        Returns:
+            z_inv (T, d_inv) and z_equi (T, d_equi).
+        """
+        z = self.proj(x)  # (T, d_patch)
+        return z[..., : self.d_inv], z[..., self.d_inv :]
+
+
+class EqCohMetaArch(SSLMetaArch):
+    """SSLMetaArch with an eqcoh head, K reconstruction decoders D_k and L = L_SSL + λ·L_recon [0].
+
+    What differs from DINOv2's SSLMetaArch (all of it only when λ = `eqcoh.loss_weight` > 0; with λ = 0 nothing
+    is built or hooked and the class is SSLMetaArch):
+
+    - `student/teacher["eqcoh_head"]`: `EqCohHead`, Linear(embed_dim -> d_patch) on every backbone output token
+      (CLS and patches), split [z_inv (d_inv = d_patch - d_equi), z_equi (d_equi)].
+    - `student/teacher["dino_head"]` (and `"ibot_head"` if separate) are rebuilt with in_dim = d_inv: DINOv2's
+      losses (DINO, KoLeo, iBOT) see z_inv only.
+    - `student/teacher["eqcoh_decoders"]`: `EqCohDecoders`, K independent decoders D_k. The teacher copies exist
+      only because DINOv2 pairs student and teacher modules by key (EMA, FSDP); they get no loss.
+    - Forward hooks on both backbones replace `x_norm_clstoken` / `x_norm_patchtokens` of the output dicts by
+      z_inv; the student's hook keeps the global crops' z_equi patch tokens (2B, N, d_equi) for the loss. So
+      SSLMetaArch's own `forward_backward` runs unchanged on z_inv.
+    - `backprop_loss` adds λ·L_recon, L_recon = (1/K)·Σ_k MSE(D_k([z_equi(v1); z_equi(v2)]), u_k), with v1 the
+      first B global crops and v2 the last B, and u_k the batch's `eqcoh_targets[k]`; `forward_backward` returns
+      DINOv2's loss dict plus `eqcoh_recon_loss` (unweighted, detached).
+    - `eqcoh.extra_unmasked_pass: true` takes z_equi from an extra student forward of the unmasked global crops
+      instead of the iBOT-masked one.
+    - `student.pretrained_weights` is loaded by `dinov2_eqcoh.checkpoints.load_pretrained_backbone` (released raw
+      state dicts, position-embedding interpolation, chunked blocks) instead of DINOv2's `{"model": ...}` loader.
+    - `build_cfg`: DINOv2 assembles the config through `dinov2_eqcoh.config.build_cfg` (plugin defaults, strict
+      keys, value checks).
+
+    - [0]: Wang et al., AAAI-26, https://arxiv.org/abs/2503.18753
+
+    Args:
+        cfg: The full training config (DINOv2's keys plus `eqcoh.*`).
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        pretrained_weights = cfg.student.pretrained_weights
+        base_cfg = cfg
+        if pretrained_weights:  # DINOv2's loader wants {"model": ...}: keep it away, load ours below
+            base_cfg = copy.deepcopy(cfg)
+            with open_dict(base_cfg):
+                base_cfg.student.pretrained_weights = ""
+        super().__init__(base_cfg)
+        self.cfg = cfg
+        if pretrained_weights:
+            from dinov2_eqcoh.checkpoints import load_pretrained_backbone
+
+            logger.info(f"OPTIONS -- pretrained weights: loading from {pretrained_weights}")
+            load_pretrained_backbone(self.student.backbone, pretrained_weights)
+
+        eq = cfg.eqcoh
+        self.eqcoh_loss_weight = float(eq.loss_weight)
+        self.do_eqcoh = self.eqcoh_loss_weight > 0
+        logger.info("OPTIONS -- EQCOH")
+        if not self.do_eqcoh:
+            logger.info("OPTIONS -- EQCOH -- loss_weight 0: vanilla DINOv2, nothing added")
+            return
+        for key in ("loss_weight", "n_intermediate", "d_patch", "d_equi", "transform", "apply_to_view"):
+            logger.info(f"OPTIONS -- EQCOH -- {key}: {eq[key]}")
+        logger.info(f"OPTIONS -- EQCOH -- decoder.dim: {eq.decoder.dim}")
+        logger.info(f"OPTIONS -- EQCOH -- extra_unmasked_pass: {eq.extra_unmasked_pass}")
+        self.eqcoh_extra_unmasked_pass = bool(eq.extra_unmasked_pass)
+        d_inv = eq.d_patch - eq.d_equi
+
+        # DINOv2's heads now read z_inv (d_inv channels) instead of the backbone's embed_dim channels
+        for key, head_cfg in (("dino_head", cfg.dino), ("ibot_head", cfg.ibot)):
+            if key in self.student:
+                for model_dict in (self.student, self.teacher):
+                    model_dict[key] = DINOHead(
+                        in_dim=d_inv,
+                        out_dim=head_cfg.head_n_prototypes,
+                        hidden_dim=head_cfg.head_hidden_dim,
+                        bottleneck_dim=head_cfg.head_bottleneck_dim,
+                        nlayers=head_cfg.head_nlayers,
+                    )
+        for model_dict in (self.student, self.teacher):
+            model_dict["eqcoh_head"] = EqCohHead(self.embed_dim, eq.d_patch, eq.d_equi)
+            model_dict["eqcoh_decoders"] = EqCohDecoders(
+                n_intermediate=eq.n_intermediate,
+                d_in=2 * eq.d_equi,
+                dim=eq.decoder.dim,
+                patch_size=cfg.student.patch_size,
+                img_size=cfg.crops.global_crops_size,
+            )
+        for p in self.teacher.parameters():
+            p.requires_grad = False
+
+        # The hooks sit on the backbones themselves: FSDP calls the module it wraps, so they fire under FSDP too.
+        self.student.backbone.register_forward_hook(self._student_backbone_hook)
+        self.teacher.backbone.register_forward_hook(self._teacher_backbone_hook)
+        self._eqcoh_images: dict[str, Any] | None = None  # the batch of the running forward_backward
+        self._eqcoh_z_equi: torch.Tensor | None = None  # (2B, N, d_equi) of the last student global forward
+        self._eqcoh_recon_loss: torch.Tensor | None = None
+
+    @classmethod
+    def build_cfg(cls, default_cfg: DictConfig, file_cfg: DictConfig, cli_cfg: DictConfig) -> DictConfig:
+        """Called by DINOv2's `get_cfg_from_args`: see `dinov2_eqcoh.config.build_cfg`."""
+        from dinov2_eqcoh.config import build_cfg
+
+        return build_cfg(default_cfg, file_cfg, cli_cfg)
+
+    # ------------------------------------------------------------------------------------------ backbone hooks
+
+    def _apply_eqcoh_head(self, model_dict: nn.ModuleDict, output: Any) -> tuple[Any, torch.Tensor | None]:
+        """Map a backbone's training output (dict, or list of dicts for multi-crop) to z_inv.
+
+        Returns the new output and the first dict's z_equi patch tokens (B, N, d_equi), or the output unchanged
+        and None when it is not a training dict (e.g. the `is_training=False` CLS-token tensor).
+        """
+        dicts = output if isinstance(output, list) else [output]
+        if not all(isinstance(d, dict) and "x_norm_clstoken" in d for d in dicts):
+            return output, None
+        # one call of the (token-wise) head on the CLS and patch tokens of every crop, then split back
+        tokens = [torch.cat([d["x_norm_clstoken"].unsqueeze(1), d["x_norm_patchtokens"]], dim=1) for d in dicts]
+        sizes = [t.shape[0] * t.shape[1] for t in tokens]
+        # looked up at call time: prepare_for_distributed_training replaces the module by its FSDP wrapper
+        z_inv, z_equi = model_dict["eqcoh_head"](torch.cat([t.flatten(0, 1) for t in tokens]))  # (T, d_*)
+        new_dicts, first_z_equi = [], None
+        for d, t, zi, ze in zip(dicts, tokens, z_inv.split(sizes), z_equi.split(sizes)):
+            zi = zi.view(t.shape[0], t.shape[1], -1)  # (B_i, 1 + N_i, d_inv)
+            new_dicts.append({**d, "x_norm_clstoken": zi[:, 0], "x_norm_patchtokens": zi[:, 1:]})
+            if first_z_equi is None:
+                first_z_equi = ze.view(t.shape[0], t.shape[1], -1)[:, 1:]  # (B_0, N_0, d_equi)
+        return (new_dicts if isinstance(output, list) else new_dicts[0]), first_z_equi
+
+    def _student_backbone_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        output, z_equi = self._apply_eqcoh_head(self.student, output)
+        if z_equi is not None:  # the multi-crop forward lists the global crops first
+            self._eqcoh_z_equi = z_equi
+        return output
+
+    def _teacher_backbone_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        return self._apply_eqcoh_head(self.teacher, output)[0]
+
+    # ------------------------------------------------------------------------------------------ losses
+
+    def reconstruction_loss(self, z_equi: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """L_recon = (1/K)·Σ_k MSE(D_k([z_equi(v1); z_equi(v2)]), u_k).
+
+        Args:
+            z_equi: (2B, N, d_equi) student patch tokens of the global crops, v1 first, v2 last.
+            targets: (K, B, 3, G, G) u_k in the normalised pixel space of the crops.
+
+        Returns:
+            Scalar pixel MSE, averaged over k, samples, channels and pixels.
+        """
+        z_v1, z_v2 = z_equi.chunk(2)  # (B, N, d_equi) each
+        recon = self.student["eqcoh_decoders"](torch.cat([z_v1, z_v2], dim=-1))  # (K, B, 3, G, G)
+        targets = targets.to(recon.device, non_blocking=True).float()
+        if targets.shape != recon.shape:
+            raise ValueError(
+                f"eqcoh_targets has shape {tuple(targets.shape)}, expected (K, B, 3, G, G) = {tuple(recon.shape)} "
+                f"(eqcoh.n_intermediate, batch, crops.global_crops_size)"
+            )
+        return F.mse_loss(recon.float(), targets)
+
+    def forward_backward(self, images: dict[str, Any], teacher_temp: float) -> dict[str, torch.Tensor]:
+        """DINOv2's forward_backward on z_inv, with λ·L_recon added before the backward pass.
+
+        Args:
+            images: DINOv2's collated batch plus `eqcoh_targets` (K, B, 3, G, G).
+            teacher_temp: Teacher softmax temperature.
+
+        Returns:
+            DINOv2's loss dict, plus `eqcoh_recon_loss` when λ > 0.
+        """
+        if not self.do_eqcoh:
+            return super().forward_backward(images, teacher_temp)
+        if "eqcoh_targets" not in images:
+            raise KeyError(
+                "the batch has no 'eqcoh_targets' (K, B, 3, G, G) although eqcoh.loss_weight > 0: set "
+                "train.data_transform / train.collate_fn to dinov2_eqcoh.data.augmentation:build_data_transform / "
+                "dinov2_eqcoh.data.collate:build_collate_fn (the plugin defaults)"
+            )
+        self._eqcoh_images = images
+        try:
+            loss_dict = super().forward_backward(images, teacher_temp)
+            loss_dict["eqcoh_recon_loss"] = self._eqcoh_recon_loss
+        finally:  # drop the references to the batch and the graph
+            self._eqcoh_images = self._eqcoh_z_equi = self._eqcoh_recon_loss = None
+        return loss_dict
+
+    def backprop_loss(self, loss: torch.Tensor) -> None:
+        """Add λ·L_recon to DINOv2's loss, then DINOv2's (scaler-aware) backward."""
+        if self.do_eqcoh and self._eqcoh_images is not None:
+            if self.eqcoh_extra_unmasked_pass:  # the hook stores z_equi of this unmasked forward
+                global_crops = self._eqcoh_images["collated_global_crops"]
+                self.student.backbone(global_crops.to(self._eqcoh_z_equi.device), is_training=True)
+            recon_loss = self.reconstruction_loss(self._eqcoh_z_equi, self._eqcoh_images["eqcoh_targets"])
+            self._eqcoh_recon_loss = recon_loss.detach()
+            loss = loss + self.eqcoh_loss_weight * recon_loss
+        super().backprop_loss(loss)
