@@ -112,8 +112,11 @@ def extract_backbone_state_dict(checkpoint: Any, source: str = "<checkpoint>") -
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source}: expected a dict-like checkpoint, found {type(checkpoint).__name__}")
     model = checkpoint.get("model")
-    if isinstance(checkpoint.get("teacher"), Mapping) and any(k.startswith("backbone.") for k in checkpoint["teacher"]):
-        state, kind = _strip_prefix(checkpoint["teacher"], "backbone."), "teacher_checkpoint"
+    teacher = checkpoint.get("teacher")
+    if isinstance(teacher, Mapping):  # DINO-style wrappers also prefix "module." (DINOv2's loader strips it too)
+        teacher = {k.removeprefix("module."): v for k, v in teacher.items()}
+    if isinstance(teacher, Mapping) and any(k.startswith("backbone.") for k in teacher):
+        state, kind = _strip_prefix(teacher, "backbone."), "teacher_checkpoint"
     elif isinstance(model, Mapping) and any(k.startswith("teacher.backbone.") for k in model):
         state, kind = _strip_prefix(model, "teacher.backbone."), "training checkpoint (teacher)"
     elif isinstance(model, Mapping) and any(k.startswith("student.backbone.") for k in model):

@@ -250,33 +250,26 @@ def _render_color(images: torch.Tensor, flat: torch.Tensor, mean, std) -> torch.
 
 
 def _shift_hue(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of (S, 3, G, G) RGB in [0, 1] by h[s] turns (RGB -> HSV -> RGB)."""
+    """Rotate the hue of (S, 3, G, G) RGB in [0, 1] by h[s] turns (RGB -> HSV -> RGB, as torchvision's adjust_hue)."""
     r, g, b = x.unbind(dim=1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
+    maxc = torch.maximum(r, torch.maximum(g, b))
+    minc = torch.minimum(r, torch.minimum(g, b))
     eqc = maxc == minc
     cr = maxc - minc
     ones = torch.ones_like(maxc)
     sat = cr / torch.where(eqc, ones, maxc)
     cr_div = torch.where(eqc, ones, cr)
     rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    hue = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    hue = torch.remainder(hue + h.view(-1, 1, 1), 1.0)
-    # HSV -> RGB
-    i = torch.floor(hue * 6.0)
-    frac = hue * 6.0 - i
-    i = i.to(torch.int64) % 6
-    v = maxc
-    p = (v * (1.0 - sat)).clamp(0.0, 1.0)
-    q = (v * (1.0 - sat * frac)).clamp(0.0, 1.0)
-    t = (v * (1.0 - sat * (1.0 - frac))).clamp(0.0, 1.0)
-    # sector i of the hue circle picks (r, g, b) from (v, p, q, t)
-    vpqt = torch.stack([v, p, q, t], dim=1)  # (S, 4, G, G)
-    pick = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
-    return vpqt.gather(1, pick[:, i].movedim(0, 1))
+    is_r, is_g = maxc == r, (maxc == g) & (maxc != r)
+    hue6 = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))  # hue in sixths of a turn
+    hue6 = torch.remainder(hue6 + 6.0 * h.view(-1, 1, 1), 6.0)
+    # HSV -> RGB, closed form: channel n (r: 5, g: 3, b: 1) is v - v·s·clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6
+    vs = maxc * sat
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(hue6 + n, 6.0)
+        channels.append(maxc - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
+    return torch.stack(channels, dim=1)
 
 
 def blur_kernel_size(sigma: float) -> int:

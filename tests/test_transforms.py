@@ -68,8 +68,12 @@ def numpy_affine(u, phi_deg, tx, ty):
             x0, y0 = math.floor(sx), math.floor(sy)
             wx, wy = sx - x0, sy - y0
             inside = 0
-            for yy, xx, w in ((y0, x0, (1 - wx) * (1 - wy)), (y0, x0 + 1, wx * (1 - wy)),
-                              (y0 + 1, x0, (1 - wx) * wy), (y0 + 1, x0 + 1, wx * wy)):
+            for yy, xx, w in (
+                (y0, x0, (1 - wx) * (1 - wy)),
+                (y0, x0 + 1, wx * (1 - wy)),
+                (y0 + 1, x0, (1 - wx) * wy),
+                (y0 + 1, x0 + 1, wx * wy),
+            ):
                 if 0 <= yy < H and 0 <= xx < W:
                     out[:, i, j] += w * u[:, yy, xx]
                     inside += 1
@@ -83,8 +87,15 @@ def torchvision_affine(u, name, theta):
     if name == "rotation":
         return TF.rotate(u, theta[0], interpolation=InterpolationMode.BILINEAR, fill=0.0)
     phi, (tx, ty) = (theta[0] if name == "se2" else 0.0), theta[-2:]
-    return TF.affine(u, angle=-phi, translate=[tx * G, ty * G], scale=1.0, shear=[0.0, 0.0],
-                     interpolation=InterpolationMode.BILINEAR, fill=0.0)
+    return TF.affine(
+        u,
+        angle=-phi,
+        translate=[tx * G, ty * G],
+        scale=1.0,
+        shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+        fill=0.0,
+    )
 
 
 @pytest.mark.parametrize("name", ["rotation", "translation", "se2"])
@@ -206,9 +217,11 @@ def test_theta_dims():
 
 
 def test_unknown_transform_names_it_and_the_allowed_ones():
-    for call in (lambda: T.sample_theta("shear", PAPER_RANGES, torch.Generator()),
-                 lambda: T.theta_dim("shear"),
-                 lambda: T.render(torch.zeros(3, 8, 8), "shear", torch.zeros(1, 1))):
+    for call in (
+        lambda: T.sample_theta("shear", PAPER_RANGES, torch.Generator()),
+        lambda: T.theta_dim("shear"),
+        lambda: T.render(torch.zeros(3, 8, 8), "shear", torch.zeros(1, 1)),
+    ):
         with pytest.raises(ValueError) as info:
             call()
         assert "'shear'" in str(info.value)
