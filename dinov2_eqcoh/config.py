@@ -104,13 +104,13 @@ def check_known_keys(
         path = f"{_prefix}{key}"
         if key not in reference:
             siblings = [str(k) for k in reference.keys()]
-            close = difflib.get_close_matches(str(key), siblings, n=1, cutoff=0.6)
-            if close:
-                hint = f"did you mean '{_prefix}{close[0]}'?"
-            else:  # maybe a valid key at another level (e.g. `eqcoh.dim` for `eqcoh.decoder.dim`)
-                all_paths = list(_leaf_paths(reference if _root is None else _root))
-                close = difflib.get_close_matches(path, all_paths, n=1, cutoff=0.6)
-                hint = f"did you mean '{close[0]}'?" if close else "no similar key exists"
+            # the same name one level deeper (e.g. `eqcoh.dim` for `eqcoh.decoder.dim`), else a similar sibling,
+            # else a similar key anywhere
+            deeper = [_prefix + q for q in _leaf_paths(reference) if q.endswith(f".{key}")]
+            close = deeper[:1] or [_prefix + c for c in difflib.get_close_matches(str(key), siblings, n=1)]
+            if not close:
+                close = difflib.get_close_matches(path, list(_leaf_paths(reference if _root is None else _root)), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "no similar key exists"
             where = f"'{_prefix[:-1]}'" if _prefix else "the top level"
             raise ConfigError(
                 f"unknown config key '{path}' in {source}: {hint} "
@@ -165,6 +165,16 @@ def validate(cfg: DictConfig) -> None:
     dim = e.decoder.dim
     if not _is_int(dim) or dim < 8 or dim % 8:
         _fail("eqcoh.decoder.dim", dim, "C must be an integer >= 8 and divisible by 8 (channels C, C/2, C/4, C/8)")
+    for side in ("student", "teacher"):
+        strategy = cfg.compute_precision[side].eqcoh_decoders.sharding_strategy
+        if strategy != "NO_SHARD":
+            _fail(
+                f"compute_precision.{side}.eqcoh_decoders.sharding_strategy",
+                strategy,
+                "must be NO_SHARD: the teacher's decoders never run, and DINOv2 reshards every teacher module after "
+                "the teacher forward (which fails on a sharded FSDP module that never ran); DINOv2's EMA pairs the "
+                "student's and teacher's flat parameters, so the student's copy cannot be sharded either",
+            )
     p = cfg.student.patch_size
     for key in ("global_crops_size", "local_crops_size"):
         size = cfg.crops[key]

@@ -156,36 +156,41 @@ class EqCohMetaArch(SSLMetaArch):
 
     # ------------------------------------------------------------------------------------------ backbone hooks
 
-    def _apply_eqcoh_head(self, model_dict: nn.ModuleDict, output: Any) -> tuple[Any, torch.Tensor | None]:
+    def _apply_eqcoh_head(self, model_dict: nn.ModuleDict, output: Any) -> Any:
         """Map a backbone's training output (dict, or list of dicts for multi-crop) to z_inv.
 
-        Returns the new output and the first dict's z_equi patch tokens (B, N, d_equi), or the output unchanged
-        and None when it is not a training dict (e.g. the `is_training=False` CLS-token tensor).
+        `x_norm_clstoken` (B, d_inv) and `x_norm_patchtokens` (B, N, d_inv) become z_inv, and the key
+        `eqcoh_z_equi_patchtokens` (B, N, d_equi) is added. Anything else (e.g. the CLS-token tensor of an
+        `is_training=False` call) is returned unchanged.
         """
         dicts = output if isinstance(output, list) else [output]
         if not all(isinstance(d, dict) and "x_norm_clstoken" in d for d in dicts):
-            return output, None
+            return output
         # one call of the (token-wise) head on the CLS and patch tokens of every crop, then split back
         tokens = [torch.cat([d["x_norm_clstoken"].unsqueeze(1), d["x_norm_patchtokens"]], dim=1) for d in dicts]
         sizes = [t.shape[0] * t.shape[1] for t in tokens]
         # looked up at call time: prepare_for_distributed_training replaces the module by its FSDP wrapper
         z_inv, z_equi = model_dict["eqcoh_head"](torch.cat([t.flatten(0, 1) for t in tokens]))  # (T, d_*)
-        new_dicts, first_z_equi = [], None
+        new_dicts = []
         for d, t, zi, ze in zip(dicts, tokens, z_inv.split(sizes), z_equi.split(sizes)):
             zi = zi.view(t.shape[0], t.shape[1], -1)  # (B_i, 1 + N_i, d_inv)
-            new_dicts.append({**d, "x_norm_clstoken": zi[:, 0], "x_norm_patchtokens": zi[:, 1:]})
-            if first_z_equi is None:
-                first_z_equi = ze.view(t.shape[0], t.shape[1], -1)[:, 1:]  # (B_0, N_0, d_equi)
-        return (new_dicts if isinstance(output, list) else new_dicts[0]), first_z_equi
+            ze = ze.view(t.shape[0], t.shape[1], -1)  # (B_i, 1 + N_i, d_equi)
+            new_dicts.append(
+                {**d, "x_norm_clstoken": zi[:, 0], "x_norm_patchtokens": zi[:, 1:], "eqcoh_z_equi_patchtokens": ze[:, 1:]}
+            )
+        return new_dicts if isinstance(output, list) else new_dicts[0]
 
     def _student_backbone_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
-        output, z_equi = self._apply_eqcoh_head(self.student, output)
-        if z_equi is not None:  # the multi-crop forward lists the global crops first
-            self._eqcoh_z_equi = z_equi
+        output = self._apply_eqcoh_head(self.student, output)
+        first = output[0] if isinstance(output, list) else output  # the multi-crop forward lists global crops first
+        if isinstance(first, dict):
+            # keep the very tensor that is in the output: under FSDP the backbone registers its pre-backward hook
+            # (which re-gathers its parameters) on the output tensors, so gradients must enter through them
+            self._eqcoh_z_equi = first["eqcoh_z_equi_patchtokens"]
         return output
 
     def _teacher_backbone_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
-        return self._apply_eqcoh_head(self.teacher, output)[0]
+        return self._apply_eqcoh_head(self.teacher, output)
 
     # ------------------------------------------------------------------------------------------ losses
 

@@ -2,8 +2,8 @@
 
 Debian's `slurm-wlm` and `munge` are installed with apt-get when missing (root only), so a fresh CI machine gets
 them too. Everything else lives in a temporary directory: a generated `slurm.conf` (one node `localhost` with
-20 CPUs, about the machine's memory and `Gres=gpu:2` backed by two empty files, partition `debug`), the munge key and socket, state,
-spool and logs. Client commands find the cluster through `SLURM_CONF`, which `SlurmCluster.env` sets.
+20 CPUs, about the machine's memory and `Gres=gpu:2` backed by two empty files, partition `debug`, no accounting),
+the munge key and socket, state, spool and logs. Client commands find the cluster through `SLURM_CONF`, which `SlurmCluster.env` sets.
 
     python tests/slurm_cluster.py              # start a cluster, print `export SLURM_CONF=...`, stop on Ctrl-C
 """
@@ -40,7 +40,9 @@ def ensure_installed() -> None:
     if all(shutil.which(d) for d in DAEMONS + ("sbatch", "scontrol")):
         return
     if os.geteuid() != 0:
-        raise SlurmUnavailable(f"SLURM is not installed and this is not root: run `apt-get install -y {' '.join(PACKAGES)}`")
+        raise SlurmUnavailable(
+            f"SLURM is not installed and this is not root: run `apt-get install -y {' '.join(PACKAGES)}`"
+        )
     if not shutil.which("apt-get"):
         raise SlurmUnavailable(f"SLURM is not installed and there is no apt-get to install {' '.join(PACKAGES)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -50,7 +52,9 @@ def ensure_installed() -> None:
         subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
         done = subprocess.run(install, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SlurmUnavailable(f"`{' '.join(install)}` failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        raise SlurmUnavailable(
+            f"`{' '.join(install)}` failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
     missing = [d for d in DAEMONS if not shutil.which(d)]
     if missing:
         raise SlurmUnavailable(f"{' '.join(missing)} still missing after installing {' '.join(PACKAGES)}")
@@ -95,9 +99,7 @@ class SlurmCluster:
         gpus = [self.root / "gpus" / f"gpu{i}" for i in range(N_GPUS)]  # empty files stand in for /dev/nvidia*
         for g in gpus:
             g.touch()
-        (self.root / "gres.conf").write_text(
-            "".join(f"NodeName={NODE} Name=gpu File={g}\n" for g in gpus)
-        )
+        (self.root / "gres.conf").write_text("".join(f"NodeName={NODE} Name=gpu File={g}\n" for g in gpus))
         host = socket.gethostname().split(".")[0]
         r = self.root
         self.conf.write_text(
@@ -131,7 +133,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/builtin
-KillWait=5
+KillWait=2
 MinJobAge=3600
 InactiveLimit=0
 SlurmdParameters=config_overrides
@@ -153,9 +155,19 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         ensure_installed()
         self._write_config()
         m = self.root / "munge"
-        self._spawn("munged", ["munged", "--foreground", "--force", f"--key-file={m}/munge.key",
-                               f"--socket={self.munge_socket}", f"--pid-file={m}/munged.pid",
-                               f"--log-file={self.root}/log/munged.log", f"--seed-file={m}/munged.seed"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--key-file={m}/munge.key",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={m}/munged.pid",
+                f"--log-file={self.root}/log/munged.log",
+                f"--seed-file={m}/munged.seed",
+            ],
+        )
         self._wait(lambda: self.munge_socket.exists(), timeout_s, "munged did not create its socket")
         self._spawn("slurmctld", ["slurmctld", "-D", "-c", "-f", str(self.conf)])
         self._spawn("slurmd", ["slurmd", "-D", "-N", NODE, "-f", str(self.conf)])

@@ -8,8 +8,8 @@ records under tests/records/ (submitit's `_sbatch_test_record.txt` pattern).
 
 from __future__ import annotations
 
-import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -36,13 +36,14 @@ def cluster(tmp_path_factory):
     slurm.stop()
 
 
-def submit(cluster: SlurmCluster, cmd: list[str]) -> str:
-    """Run a launcher command against the cluster; return the job id it reports."""
+def submit(cluster: SlurmCluster, launcher: str, tmp_path: Path, *opts: str) -> tuple[str, Path]:
+    """Run a launcher (`-m module --flags`) on CONFIG against the cluster; return the job id and its output folder."""
+    cmd = [sys.executable, *launcher.split(), "--config-file", str(CONFIG), "--output-dir", str(tmp_path / "%j"), *opts]
     env = dict(cluster.env, OMP_NUM_THREADS="1")  # two ranks share the machine's cores
-    done = subprocess.run([sys.executable, *cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     match = SUBMITTED.search(done.stdout + done.stderr)
     assert done.returncode == 0 and match, f"submission failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
-    return match.group(1)
+    return match.group(1), tmp_path / match.group(1)
 
 
 def job_field(cluster: SlurmCluster, job_id: str, field: str) -> str:
@@ -71,8 +72,14 @@ def wait_for(cluster, job_id, output_dir, ready, what: str, timeout_s: float = 1
 
 
 def wait_completed(cluster, job_id, output_dir, timeout_s: float = 150) -> None:
-    wait_for(cluster, job_id, output_dir, lambda: job_field(cluster, job_id, "JobState") == "COMPLETED",
-             "completion", timeout_s)
+    wait_for(
+        cluster,
+        job_id,
+        output_dir,
+        lambda: job_field(cluster, job_id, "JobState") == "COMPLETED",
+        "completion",
+        timeout_s,
+    )
 
 
 def release(cluster: SlurmCluster, job_id: str, timeout_s: float = 30) -> None:
@@ -103,9 +110,7 @@ def assert_two_rank_run(output_dir: Path) -> None:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_plugin_launcher_runs_two_ranks(cluster, tmp_path):
-    job = submit(cluster, ["-m", "dinov2_eqcoh.run.train", "--cluster-profile", "local", "--nodes", "1",
-                           "--ngpus", "2", "--config-file", str(CONFIG), "--output-dir", str(tmp_path / "%j")])
-    output_dir = tmp_path / job
+    job, output_dir = submit(cluster, "-m dinov2_eqcoh.run.train --cluster-profile local --nodes 1 --ngpus 2", tmp_path)
     wait_completed(cluster, job, output_dir)
 
     assert_two_rank_run(output_dir)
@@ -119,20 +124,37 @@ def test_plugin_launcher_runs_two_ranks(cluster, tmp_path):
 @pytest.mark.slow
 def test_dinov2_launcher_runs_plugin_config(cluster, tmp_path):
     # DINOv2's launcher, unchanged: its partition default is a guess about Meta's clusters, so pass ours
-    job = submit(cluster, ["-m", "dinov2.run.train.train", "--nodes", "1", "--ngpus", "2", "--partition", "debug",
-                           "--timeout", "10", "--config-file", str(CONFIG), "--output-dir", str(tmp_path / "%j")])
-    output_dir = tmp_path / job
+    launcher = "-m dinov2.run.train.train --nodes 1 --ngpus 2 --partition debug --timeout 10"
+    job, output_dir = submit(cluster, launcher, tmp_path)
     wait_completed(cluster, job, output_dir)
     assert_two_rank_run(output_dir)
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
+def test_sbatch_template_runs_two_ranks(cluster, tmp_path):
+    # slurm/train.sbatch holds JUWELS Booster values: sbatch flags override them for the test cluster
+    env = dict(cluster.env, OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}:{cluster.env['PATH']}")
+    flags = "--partition=debug --ntasks-per-node=2 --gpus-per-node=2 --cpus-per-task=1 --mem=2G --time=10".split()
+    flags.append(f"--output={tmp_path}/%x-%j.out")
+    output_dir = tmp_path / "run"
+    cmd = ["sbatch", "--parsable", *flags, str(REPO / "slurm" / "train.sbatch"), str(CONFIG), str(output_dir)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"sbatch failed: {done.stdout}{done.stderr}"
+    job = done.stdout.strip()
+    wait_completed(cluster, job, tmp_path)
+
+    assert_two_rank_run(output_dir)
+    out = (tmp_path / f"dinov2_eqcoh-{job}.out").read_text()
+    assert f"SLURM job {job}, 2 tasks on localhost, output folder {output_dir}" in out, out
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_requeued_job_resumes_from_last_checkpoint(cluster, tmp_path):
     # 2 iterations per "epoch", a checkpoint every 3 epochs (DINOv2: 3 * OFFICIAL_EPOCH_LENGTH), no teacher dumps
-    job = submit(cluster, ["-m", "dinov2_eqcoh.run.train", "--cluster-profile", "local", "--config-file", str(CONFIG),
-                           "--output-dir", str(tmp_path / "%j"), "optim.epochs=60", "evaluation.eval_period_iterations=0"])
-    output_dir = tmp_path / job
+    launcher = "-m dinov2_eqcoh.run.train --cluster-profile local"
+    job, output_dir = submit(cluster, launcher, tmp_path, "optim.epochs=80", "evaluation.eval_period_iterations=0")
     log = output_dir / "logs" / "log.txt"
 
     def starts() -> list[int]:
@@ -146,25 +168,91 @@ def test_requeued_job_resumes_from_last_checkpoint(cluster, tmp_path):
 
     # 2. pre-emption signal (USR2, what SLURM sends before a time limit): submitit calls Trainer.checkpoint(), which
     #    returns a DelayedSubmission of a fresh trainer, and requeues the job itself
-    n_before = len(re.findall(r"Requeuing", log.read_text()))
-    wait_for(cluster, job, output_dir, lambda: any(s > starts()[-1] for s in checkpointed(output_dir)), "checkpoint")
+    wait_for(cluster, job, output_dir, lambda: checkpointed(output_dir) > starts()[-1], "checkpoint after restart")
     cluster.run(["scancel", "--signal=USR2", job])
     release(cluster, job)
     wait_completed(cluster, job, output_dir)
 
-    first, second, third = starts()[:3]
+    assert len(starts()) == 3, f"iterations at (re)starts: {starts()}"
+    first, second, third = starts()
     assert first == 0 and 0 < second < third, f"iterations at (re)starts: {starts()}"
     assert second % 6 == 0 and third % 6 == 0, f"not resumed right after a checkpoint: {starts()}"
-    assert len(re.findall(r"Requeuing", log.read_text())) == n_before + 1, "Trainer.checkpoint() was not called"
+    rank1 = [int(n) for n in STARTED.findall((output_dir / "logs" / "log.txt.rank1").read_text())]
+    assert rank1 == starts(), f"ranks resumed from different checkpoints: rank 0 {starts()}, rank 1 {rank1}"
+    assert log.read_text().count("Requeuing Namespace(") == 1, "Trainer.checkpoint() did not run on USR2"
     assert job_field(cluster, job, "Restarts") == "2"
     assert (output_dir / "model_final.rank_0.pth").is_file() and (output_dir / "model_final.rank_1.pth").is_file()
 
 
-def checkpointed(output_dir: Path) -> list[int]:
-    """Iterations + 1 of the checkpoints both ranks point to (the iteration a resumed run starts from)."""
+def checkpointed(output_dir: Path) -> int:
+    """The iteration a resumed run would start from: 1 + the last checkpoint that both ranks point to (-1: none)."""
     its = []
     for rank in (0, 1):
         tag = output_dir / f"last_checkpoint.rank_{rank}"
         m = re.search(r"model_(\d+)", tag.read_text()) if tag.exists() else None
         its.append(int(m.group(1)) + 1 if m else -1)
-    return [min(its)]
+    return min(its)
+
+
+# ---- submission parameters (no cluster needed) ----
+
+RECORDED = {  # record file -> launcher arguments (besides --config-file and --output-dir)
+    "sbatch_juwels_booster.txt": "--cluster-profile juwels_booster --account my_budget --nodes 4",
+    "sbatch_juwels_booster_overrides.txt": "--cluster-profile juwels_booster --account my_budget --nodes 2 "
+    "--partition develbooster --timeout 120 --qos normal --cpus-per-task 24 --mem 400 --constraint largedata "
+    "--exclude jwb[0001-0002] --comment 'eqcoh ablation'",
+    "sbatch_local.txt": "--cluster-profile local",
+}
+
+
+def render(argv: list[str], output_dir: Path) -> str:
+    """The sbatch script the launcher would submit, with this machine's paths replaced by placeholders."""
+    from dinov2_eqcoh.run.train import prepare, render_sbatch
+
+    _, executor = prepare([*argv, "--config-file", str(CONFIG), "--output-dir", str(output_dir)])
+    return render_sbatch(executor).replace(str(output_dir), "<OUTPUT_DIR>").replace(sys.executable, "<PYTHON>")
+
+
+@pytest.mark.parametrize("record", sorted(RECORDED))
+def test_sbatch_script_matches_record(record, tmp_path):
+    string = render(shlex.split(RECORDED[record]), tmp_path / "%j")
+    record_file = RECORDS / record
+    if not record_file.exists():  # submitit's pattern: the first run writes the record, to be reviewed and committed
+        record_file.parent.mkdir(exist_ok=True)
+        record_file.write_text(string)
+    recorded = record_file.read_text()
+    if string != recorded:
+        changes = [
+            f'line #{k + 1}: "{b}" -> "{a}"'
+            for k, (a, b) in enumerate(zip(string.splitlines(), recorded.splitlines()))
+            if a != b
+        ] or ["(different number of lines)"]
+        print(string, "# # # # #", recorded, sep="\n")
+        advice = ["", "Delete the record file if the change is intended:", f"rm {record_file}"]
+        pytest.fail("\n".join(["Difference with the record:", *changes, *advice]))
+
+
+def test_profile_errors_name_the_problem(tmp_path, monkeypatch):
+    from dinov2_eqcoh.run.train import load_profile, prepare
+
+    with pytest.raises(ValueError, match=r"unknown cluster profile 'nope'.*juwels_booster, local"):
+        load_profile("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("partition: booster\ngpus: 4\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) gpus; allowed: partition, account"):
+        load_profile(str(bad))
+    bad.write_text("cpus_per_task: twelve\n")
+    with pytest.raises(ValueError, match=r"'cpus_per_task' must be int or null, got 'twelve'"):
+        load_profile(str(bad))
+    with pytest.raises(ValueError, match=r"leaves 'account' as CHANGE_ME: pass --account"):
+        prepare(["--cluster-profile", "juwels_booster", "--config-file", str(CONFIG)])
+    with pytest.raises(ValueError, match=r"--config-file 'missing.yaml' does not exist"):
+        prepare(["--cluster-profile", "local", "--config-file", "missing.yaml"])
+
+    # DINOV2_EQCOH_PROFILES points at another profile folder
+    (tmp_path / "mine.yaml").write_text("partition: gpu\ngpus_per_node: 8\n")
+    monkeypatch.setenv("DINOV2_EQCOH_PROFILES", str(tmp_path))
+    assert load_profile("mine") == {"partition": "gpu", "gpus_per_node": 8}
+    monkeypatch.setenv("DINOV2_EQCOH_PROFILES", str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match=r"no profile folder at .*absent; set DINOV2_EQCOH_PROFILES"):
+        load_profile("mine")

@@ -50,6 +50,7 @@ logger = logging.getLogger("dinov2")
 PROFILES_ENV = "DINOV2_EQCOH_PROFILES"
 PLACEHOLDER = "CHANGE_ME"  # a profile value that must be replaced on the command line (e.g. the account)
 DEFAULT_OUTPUT_DIR = "./experiments/%j"
+JOB_NAME = "dinov2_eqcoh:train"
 CLUSTERS = ("slurm", "local", "debug")
 
 # profile key -> (argparse dest, accepted types); each key has a flag of the same meaning
@@ -109,7 +110,9 @@ def load_profile(name: str) -> dict[str, Any]:
         raise ValueError(f"cluster profile {path} must be a mapping of {', '.join(PROFILE_KEYS)}")
     unknown = sorted(set(data) - set(PROFILE_KEYS))
     if unknown:
-        raise ValueError(f"cluster profile {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(PROFILE_KEYS)}")
+        raise ValueError(
+            f"cluster profile {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(PROFILE_KEYS)}"
+        )
     profile = {}
     for key, value in data.items():
         types = PROFILE_KEYS[key][1]
@@ -235,22 +238,29 @@ class Trainer(DINOv2Trainer):
         )
 
 
+def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, submitit.AutoExecutor]:
+    """Parse the command line, apply the profile and build the executor (nothing is submitted).
+
+    Raises:
+        ValueError: a bad profile or flag, or a missing config file.
+    """
+    args = resolve_resources(get_args_parser().parse_args(argv))
+    if not os.path.isfile(args.config_file):
+        raise ValueError(f"--config-file {args.config_file!r} does not exist")
+    args.output_dir = os.path.abspath(args.output_dir or DEFAULT_OUTPUT_DIR)
+    return args, make_executor(args, name=JOB_NAME)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
     setup_logging()
     try:
-        resolve_resources(args)
+        args, executor = prepare(argv)
+        if args.dry_run:
+            print(render_sbatch(executor), end="")
+            return 0
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not os.path.isfile(args.config_file):
-        print(f"error: --config-file {args.config_file!r} does not exist", file=sys.stderr)
-        return 2
-    args.output_dir = os.path.abspath(args.output_dir or DEFAULT_OUTPUT_DIR)
-    executor = make_executor(args, name="dinov2_eqcoh:train")
-    if args.dry_run:
-        print(render_sbatch(executor), end="")
-        return 0
     if args.cluster == "slurm" and shutil.which("sbatch") is None:
         print("error: sbatch is not on PATH: submit from a SLURM login node, or use --cluster local", file=sys.stderr)
         return 2

@@ -1,0 +1,40 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Train DINOv2 + EqCoh: `python -m dinov2_eqcoh.train --config-file F --output-dir D [key=value ...]`.
+
+DINOv2's own argument parser and `dinov2.train.train.main`; the config file picks the plugin's pieces through
+`train.meta_arch` (and the plugin defaults the data seams). A file that names no meta-architecture gets
+`EqCohMetaArch`. Same as `python -m dinov2.train.train` with such a file, plus a log line with the DINOv2 pin.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from omegaconf import OmegaConf
+
+META_ARCH = "dinov2_eqcoh.meta_arch:EqCohMetaArch"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse DINOv2's training arguments and run DINOv2's training `main`."""
+    from dinov2.train.train import get_args_parser
+    from dinov2.train.train import main as dinov2_main
+
+    parser = get_args_parser(add_help=True)
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        parser.error("--config-file is required (e.g. configs/train/vitl16_in1k_ep100_eqcoh_se2.yaml)")
+    if not OmegaConf.select(OmegaConf.load(args.config_file), "train.meta_arch", default=""):
+        args.opts = [f"train.meta_arch={META_ARCH}", *(args.opts or [])]  # the command line still wins
+    try:  # the pin as installed, if the package records it (patches/UPSTREAM itself is not installed)
+        from dinov2_eqcoh import _upstream
+
+        # printed: DINOv2's main sets up logging only later
+        print(f"dinov2_eqcoh: DINOv2 pin {getattr(_upstream, 'URL', '?')} @ {getattr(_upstream, 'COMMIT', '?')}")
+    except ImportError:
+        pass
+    dinov2_main(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""EqCohMetaArch and the reconstruction decoders on a CPU: shapes, gradient routing, the loss, the λ = 0 baseline.
+
+Models are the tiny EqCoh config (2-block 64-d ViT, 32 px crops) as plain modules (no FSDP); batches come from
+the built-in dataset through the plugin's real augmentation and collate (or DINOv2's own, for the baseline).
+"""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import REPO, dinov2_batch
+
+TINY = "configs/tiny/eqcoh_cpu.yaml"
+
+
+def eqcoh_cfg(*opts):
+    from dinov2_eqcoh.config import load_config
+
+    return load_config(REPO / TINY, opts)
+
+
+def eqcoh_batch(cfg, seed=0):
+    """A real EqCoh batch: built-in dataset -> the plugin's augmentation (with u_k targets) -> the plugin's collate."""
+    from dinov2_eqcoh.data.augmentation import build_data_transform
+    from dinov2_eqcoh.data.collate import build_collate_fn
+    from dinov2_eqcoh.data.datasets import make_dataset
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    ds = make_dataset(dataset_str=cfg.train.dataset_path, transform=build_data_transform(cfg), target_transform=None)
+    return build_collate_fn(cfg, torch.float32)([ds[i] for i in range(cfg.train.batch_size_per_gpu)])
+
+
+def build(cfg, seed=0):
+    from dinov2_eqcoh.meta_arch import EqCohMetaArch
+
+    torch.manual_seed(seed)
+    model = EqCohMetaArch(cfg)
+    model.train()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- decoders
+
+
+@pytest.mark.parametrize("n_intermediate", [1, 2, 3])
+@pytest.mark.parametrize("patch_size,img_size", [(16, 32), (16, 64), (14, 28), (14, 56), (8, 32)])
+def test_decoders_output_one_crop_sized_image_per_k(n_intermediate, patch_size, img_size):
+    from dinov2_eqcoh.decoder import EqCohDecoders
+
+    d_equi, batch = 8, 3
+    decoders = EqCohDecoders(n_intermediate, 2 * d_equi, dim=16, patch_size=patch_size, img_size=img_size)
+    n_tokens = (img_size // patch_size) ** 2
+    out = decoders(torch.randn(batch, n_tokens, 2 * d_equi))
+    assert out.shape == (n_intermediate, batch, 3, img_size, img_size)
+    assert torch.isfinite(out).all()
+    assert len(decoders) == n_intermediate
+    # K independent decoders: different initial weights, different outputs
+    if n_intermediate > 1:
+        assert not torch.equal(out[0], out[1])
+
+
+def test_decoder_architecture_and_bad_sizes():
+    from dinov2.utils.utils import has_batchnorms
+    from dinov2_eqcoh.decoder import ReconstructionDecoder
+
+    dec = ReconstructionDecoder(d_in=32, dim=64, patch_size=16, img_size=64)
+    convs = [m for m in dec.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in dec.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and len(convs) == 4  # "one linear layer followed by four convolutional layers"
+    assert [c.out_channels for c in convs] == [32, 16, 8, 3]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert not has_batchnorms(dec)
+    assert isinstance(list(dec.convs)[-1], torch.nn.Conv2d), "the last conv must have no activation"
+    with pytest.raises(ValueError, match="divisible by 8"):
+        ReconstructionDecoder(d_in=32, dim=12, patch_size=16, img_size=64)
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        ReconstructionDecoder(d_in=32, dim=16, patch_size=16, img_size=60)
+    with pytest.raises(ValueError, match="patch tokens"):
+        dec(torch.randn(2, 15, 32))
+
+
+# ---------------------------------------------------------------------------------------------- meta-arch
+
+
+@pytest.mark.parametrize("n_intermediate", [1, 2, 3])
+@pytest.mark.parametrize("patch_size,global_size,local_size", [(16, 32, 16), (14, 28, 14)])
+def test_forward_backward_shapes_for_k_and_patch_size(n_intermediate, patch_size, global_size, local_size):
+    cfg = eqcoh_cfg(
+        f"eqcoh.n_intermediate={n_intermediate}",
+        f"student.patch_size={patch_size}",
+        f"crops.global_crops_size={global_size}",
+        f"crops.local_crops_size={local_size}",
+    )
+    model = build(cfg)
+    batch = eqcoh_batch(cfg)
+    assert batch["eqcoh_targets"].shape == (n_intermediate, 4, 3, global_size, global_size)
+    seen = {}
+    decoders = model.student["eqcoh_decoders"]
+    decoders.register_forward_hook(lambda m, args, out: seen.update(inp=args[0], out=out))
+    loss_dict = model.forward_backward(batch, teacher_temp=0.07)
+
+    n_tokens = (global_size // patch_size) ** 2
+    assert seen["inp"].shape == (4, n_tokens, 2 * cfg.eqcoh.d_equi)  # [z_equi(v1); z_equi(v2)] per token
+    assert seen["out"].shape == (n_intermediate, 4, 3, global_size, global_size)  # decoder output = crop size
+    assert set(loss_dict) == {"dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss",
+                              "eqcoh_recon_loss"}
+    assert all(torch.isfinite(v) for v in loss_dict.values()), loss_dict
+    assert not loss_dict["eqcoh_recon_loss"].requires_grad
+    no_grad = [n for n, p in model.student.named_parameters() if p.grad is None]
+    assert not no_grad, f"student parameters without gradient: {no_grad}"
+
+
+def test_modules_heads_and_student_teacher_parity():
+    from dinov2.utils.utils import has_batchnorms
+
+    cfg = eqcoh_cfg()
+    model = build(cfg)
+    d_inv = cfg.eqcoh.d_patch - cfg.eqcoh.d_equi
+    assert list(model.student.keys()) == list(model.teacher.keys()) == [
+        "backbone", "dino_head", "eqcoh_head", "eqcoh_decoders"]
+    assert model.student["dino_head"].mlp[0].in_features == d_inv  # DINOv2's head reads z_inv
+    assert model.student["eqcoh_head"].proj.in_features == model.embed_dim
+    assert model.student["eqcoh_head"].proj.out_features == cfg.eqcoh.d_patch
+    assert len(model.student["eqcoh_decoders"]) == cfg.eqcoh.n_intermediate
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert not has_batchnorms(model.student)
+    new_names = [n for n, _ in model.student.named_parameters() if n.startswith("eqcoh")]
+    assert new_names and not [n for n in new_names if "last_layer" in n or "blocks" in n]
+    # every student/teacher module has the FSDP settings DINOv2's prepare_for_distributed_training reads
+    for key in model.student.keys():
+        assert "mixed_precision" in cfg.compute_precision.student[key]
+        assert "mixed_precision" in cfg.compute_precision.teacher[key]
+
+
+def test_separate_ibot_head_reads_z_inv_too():
+    cfg = eqcoh_cfg("ibot.separate_head=true")
+    model = build(cfg)
+    d_inv = cfg.eqcoh.d_patch - cfg.eqcoh.d_equi
+    assert model.student["ibot_head"].mlp[0].in_features == d_inv
+    assert model.teacher["ibot_head"].mlp[0].in_features == d_inv
+    loss_dict = model.forward_backward(eqcoh_batch(cfg), teacher_temp=0.07)
+    assert torch.isfinite(loss_dict["ibot_loss"]) and torch.isfinite(loss_dict["eqcoh_recon_loss"])
+
+
+def test_recon_loss_alone_reaches_backbone_head_and_decoders_but_not_dino_head():
+    cfg = eqcoh_cfg("student.drop_path_rate=0")
+    model = build(cfg)
+    batch = eqcoh_batch(cfg)
+    crops = batch["collated_global_crops"]
+    # the student's multi-crop forward, exactly as SSLMetaArch calls it; the hook keeps z_equi of the global crops
+    model.student.backbone([crops, batch["collated_local_crops"]], masks=[batch["collated_masks"], None],
+                           is_training=True)
+    z_equi = model._eqcoh_z_equi
+    assert z_equi.shape == (crops.shape[0], (32 // 8) ** 2, cfg.eqcoh.d_equi)
+    model.reconstruction_loss(z_equi, batch["eqcoh_targets"]).backward()
+
+    def has_grad(module):
+        return [p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()]
+
+    assert all(has_grad(model.student["eqcoh_decoders"]))
+    assert any(has_grad(model.student.backbone))
+    assert model.student.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert not any(p.grad is not None for p in model.student["dino_head"].parameters())
+    assert not any(p.grad is not None for p in model.teacher.parameters())
+    # only the z_equi rows of the eqcoh head are trained by L_recon; the z_inv rows get nothing
+    d_inv = cfg.eqcoh.d_patch - cfg.eqcoh.d_equi
+    w_grad = model.student["eqcoh_head"].proj.weight.grad
+    assert w_grad[:d_inv].abs().sum() == 0 and w_grad[d_inv:].abs().sum() > 0
+
+
+def test_recon_loss_is_mean_over_k_of_pixel_mse_between_d_k_of_v1_v2_and_u_k():
+    cfg = eqcoh_cfg("eqcoh.n_intermediate=3")
+    model = build(cfg)
+    batch = eqcoh_batch(cfg)
+    z_equi = torch.randn(8, 16, cfg.eqcoh.d_equi)  # (2B, N, d_equi): v1 = first 4, v2 = last 4
+    targets = batch["eqcoh_targets"]  # (K, B, 3, G, G)
+    loss = model.reconstruction_loss(z_equi, targets)
+    z = torch.cat([z_equi[:4], z_equi[4:]], dim=-1)
+    expected = sum(F.mse_loss(d_k(z), u_k) for d_k, u_k in zip(model.student["eqcoh_decoders"], targets)) / 3
+    assert torch.allclose(loss, expected, rtol=1e-6, atol=0)
+    swapped = torch.cat([z_equi[4:], z_equi[:4]])  # v1 and v2 exchanged: a different input for D_k
+    assert not torch.allclose(model.reconstruction_loss(swapped, targets), loss)
+    with pytest.raises(ValueError, match="eqcoh_targets has shape"):
+        model.reconstruction_loss(z_equi, targets[:2])
+
+
+def test_recon_loss_is_zero_when_each_d_k_returns_u_k():
+    cfg = eqcoh_cfg()
+    model = build(cfg)
+    batch = eqcoh_batch(cfg)
+    targets = batch["eqcoh_targets"].float()
+    decoders = list(model.student["eqcoh_decoders"])
+
+    # Deliberate stand-in: each D_k's forward is replaced by one that returns its own target u_k (plus a zero that
+    # keeps the graph connected), so L_recon must be exactly 0; any mix-up of k, targets or averaging breaks it.
+    def perfect(k):
+        return lambda z: targets[k] + 0.0 * z.sum()
+
+    for k, dec in enumerate(decoders):
+        dec.forward = perfect(k)
+    loss_dict = model.forward_backward(batch, teacher_temp=0.07)
+    assert loss_dict["eqcoh_recon_loss"].item() == 0.0
+
+    # the same stand-in with D_1 and D_2 exchanged is not a perfect reconstruction
+    for k, dec in enumerate(decoders):
+        dec.forward = perfect(len(decoders) - 1 - k)
+    loss_dict = model.forward_backward(batch, teacher_temp=0.07)
+    assert loss_dict["eqcoh_recon_loss"].item() > 0.0
+
+
+def test_loss_weight_zero_is_vanilla_ssl_meta_arch():
+    """λ = 0 (and apply_to_view false): same parameters, same loss dict, same gradients as DINOv2's SSLMetaArch."""
+    from dinov2.train.ssl_meta_arch import SSLMetaArch
+
+    cfg = eqcoh_cfg("eqcoh.loss_weight=0", "eqcoh.apply_to_view=false")
+    batch = dinov2_batch(cfg)  # DINOv2's own augmentation and collate: what the plugin's builders return here
+    models = []
+    for cls in (SSLMetaArch, None):
+        torch.manual_seed(0)
+        model = SSLMetaArch(cfg) if cls else build(cfg)
+        model.train()
+        torch.manual_seed(1)  # drop path
+        loss_dict = model.forward_backward(batch, teacher_temp=0.07)
+        models.append((model, loss_dict))
+    (vanilla, vanilla_losses), (eqcoh, eqcoh_losses) = models
+
+    assert type(eqcoh).__name__ == "EqCohMetaArch"
+    assert list(eqcoh_losses) == list(vanilla_losses)
+    for key, value in vanilla_losses.items():
+        assert torch.equal(eqcoh_losses[key], value), key
+    assert list(eqcoh.state_dict()) == list(vanilla.state_dict())
+    assert not eqcoh.student.backbone._forward_hooks
+    vanilla_params = dict(vanilla.student.named_parameters())
+    for name, p in eqcoh.student.named_parameters():
+        q = vanilla_params[name]
+        assert torch.equal(p, q), name
+        assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), name
+
+
+def test_update_teacher_ema_covers_the_new_modules_without_fsdp():
+    cfg = eqcoh_cfg()
+    model = build(cfg)
+    model.forward_backward(eqcoh_batch(cfg), teacher_temp=0.07)
+    torch.optim.AdamW(model.student.parameters(), lr=1e-2).step()
+    before = {n: p.clone() for n, p in model.teacher.named_parameters()}
+    model.update_teacher(0.9)
+    student = dict(model.student.named_parameters())
+    for name, p in model.teacher.named_parameters():
+        if name.startswith("eqcoh"):
+            assert torch.allclose(p, 0.9 * before[name] + 0.1 * student[name], atol=1e-6), name
+            assert not torch.equal(p, before[name]), name
+
+
+def test_params_groups_include_the_new_modules_with_plain_lr_and_wd():
+    cfg = eqcoh_cfg()
+    model = build(cfg)
+    groups = model.get_params_groups()
+    group_of = {id(p): g for g in groups for p in g["params"]}
+    for prefix in ("eqcoh_head", "eqcoh_decoders"):
+        for name, p in model.student[prefix].named_parameters():
+            g = group_of[id(p)]
+            assert g["lr_multiplier"] == 1.0 and not g["is_last_layer"], name
+            assert g["wd_multiplier"] == (0.0 if name.endswith(".bias") else 1.0), name
+    assert len(group_of) == sum(1 for _ in model.student.parameters())
+
+
+def test_extra_unmasked_pass_takes_z_equi_from_the_unmasked_global_crops():
+    cfg = eqcoh_cfg("eqcoh.extra_unmasked_pass=true", "student.drop_path_rate=0", "ibot.mask_sample_probability=1.0")
+    model = build(cfg)
+    batch = eqcoh_batch(cfg)
+    assert batch["collated_masks"].any()
+    used = {}
+    original = model.reconstruction_loss
+    model.reconstruction_loss = lambda z, t: (used.update(z=z.detach().clone()), original(z, t))[1]  # spy only
+    model.forward_backward(batch, teacher_temp=0.07)
+    with torch.no_grad():
+        unmasked = model.student.backbone(batch["collated_global_crops"], is_training=True)
+        masked = model.student.backbone(batch["collated_global_crops"], masks=batch["collated_masks"],
+                                        is_training=True)
+    assert torch.allclose(used["z"], unmasked["eqcoh_z_equi_patchtokens"], atol=1e-6)
+    assert not torch.allclose(used["z"], masked["eqcoh_z_equi_patchtokens"], atol=1e-4)
+
+
+def test_missing_targets_is_a_clear_error():
+    cfg = eqcoh_cfg()
+    model = build(cfg)
+    with pytest.raises(KeyError, match="eqcoh_targets"):
+        model.forward_backward(dinov2_batch(cfg), teacher_temp=0.07)
+
+
+def test_pretrained_weights_go_through_the_plugin_loader(tmp_path):
+    """A released-style raw backbone state dict seeds the student (DINOv2's own loader would want {"model": ...})."""
+    pytest.importorskip("dinov2_eqcoh.checkpoints", reason="dinov2_eqcoh/checkpoints.py (eval engineer) not there")
+    cfg = eqcoh_cfg()
+    source = build(cfg, seed=123)
+    path = tmp_path / "backbone.pth"
+    torch.save(source.student.backbone.state_dict(), path)
+    model = build(eqcoh_cfg(f"student.pretrained_weights={path}"))
+    for name, p in model.student.backbone.state_dict().items():
+        assert torch.equal(p, source.student.backbone.state_dict()[name]), name
+    assert model.cfg.student.pretrained_weights == str(path)

@@ -1,0 +1,59 @@
+"""End to end on a CPU: the tiny EqCoh config trains through DINOv2's entry and through the plugin's entry.
+
+Both runs are the real thing: DINOv2's `main` (FSDP on gloo, world size 1), the plugin's augmentation and collate
+on the built-in dataset, checkpoints on disk.
+"""
+
+import pytest
+import torch
+
+from helpers import PYTHON, REPO, read_metrics, run
+
+TINY = "configs/tiny/eqcoh_cpu.yaml"
+
+
+@pytest.mark.slow
+def test_dinov2_entry_trains_eqcoh_and_recon_loss_falls(tmp_path):
+    out = tmp_path / "run"
+    # 200 iterations of batch 4 at a raised lr (base_lr 0.05 -> lr 3e-3); about 10 s on 2 cores
+    run([PYTHON, "-m", "dinov2.train.train", "--config-file", TINY, "--output-dir", out,
+         "train.OFFICIAL_EPOCH_LENGTH=20", "optim.epochs=10", "optim.base_lr=0.05",
+         "evaluation.eval_period_iterations=100"], timeout=300)
+
+    metrics = read_metrics(out)
+    assert [m["iteration"] for m in metrics][-1] == 199
+    assert all("eqcoh_recon_loss" in m and torch.isfinite(torch.tensor(m["total_loss"])) for m in metrics)
+    # DINOv2 logs every 10 iterations the median over the last 20: iteration 10's entry is the median of
+    # iterations 0-10, the last entry the median of iterations 180-199
+    first, last = metrics[1]["eqcoh_recon_loss"], metrics[-1]["eqcoh_recon_loss"]
+    assert metrics[1]["iteration"] == 10
+    assert last < 0.85 * first, f"eqcoh_recon_loss did not fall: {first:.4f} -> {last:.4f}"
+
+    # the training checkpoint holds the new modules; the teacher's backbone is a plain DINOv2 ViT
+    model = torch.load(out / "model_final.rank_0.pth", map_location="cpu", weights_only=True)["model"]
+    for key in ("student.eqcoh_head", "student.eqcoh_decoders", "teacher.eqcoh_head", "teacher.eqcoh_decoders"):
+        assert any(k.startswith(key) for k in model), key
+    teacher = torch.load(out / "eval/training_199/teacher_checkpoint.pth", map_location="cpu", weights_only=True)
+    backbone = {k.removeprefix("backbone."): v for k, v in teacher["teacher"].items() if k.startswith("backbone.")}
+    from dinov2_eqcoh.models import vit_test
+
+    vit_test(patch_size=8, img_size=32, block_chunks=0).load_state_dict(backbone, strict=True)
+    assert teacher["teacher"]["eqcoh_head.proj.weight"].shape == (64, 64)  # d_patch x embed_dim
+
+
+@pytest.mark.slow
+def test_plugin_entry_trains_and_defaults_to_eqcoh_meta_arch(tmp_path):
+    """`python -m dinov2_eqcoh.train` with a config that names no meta-architecture still trains EqCoh."""
+    config = tmp_path / "no_meta_arch.yaml"
+    text = (REPO / TINY).read_text()
+    assert "  meta_arch: dinov2_eqcoh.meta_arch:EqCohMetaArch\n" in text
+    config.write_text(text.replace("  meta_arch: dinov2_eqcoh.meta_arch:EqCohMetaArch\n", ""))
+    out = tmp_path / "run"
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.train", "--config-file", config, "--output-dir", out], timeout=300)
+
+    assert (out / "model_final.rank_0.pth").is_file()
+    assert "meta_arch: dinov2_eqcoh.meta_arch:EqCohMetaArch" in (out / "config.yaml").read_text()
+    assert "OPTIONS -- EQCOH -- n_intermediate: 2" in proc.stdout
+    metrics = read_metrics(out)
+    assert [m["iteration"] for m in metrics][-1] == 3
+    assert all(torch.isfinite(torch.tensor(m["eqcoh_recon_loss"])) for m in metrics)
