@@ -25,6 +25,10 @@ same config, batch and seed for both models:
    `build_collate_fn(cfg, torch.half)` (as `do_train` builds them), on the same pre-rendered images of the built-in
    `Synthetic` dataset, with the same `random`/`torch`/`numpy` seed for both, alternating batch by batch.
 
+Also reported, independent of machine load: parameter counts, and the matmul/conv/attention FLOPs of one
+`forward_backward` of each model (counted with `torch.utils.flop_counter` on the meta device, so the vitl16 preset
+gets a figure on any machine: `--skip step --skip memory --skip augmentation`).
+
 Output: progress while it runs, a table on stdout and a JSON file (`--output`, default
 `out/bench/bench_<preset>_<device>.json`). Targets (docs/benchmarks.md): step-time ratio <= 1.10 (vits14, CPU),
 memory ratio <= 1.10, augmentation throughput ratio >= 0.85.
@@ -379,6 +383,43 @@ def measure_step_time(
     return result
 
 
+# ---------------------------------------------------------------------------------------------- FLOPs
+
+
+def count_step_flops(cfg, images: list, seed: int) -> dict[str, Any]:
+    """Matmul/conv/attention FLOPs of one `forward_backward` of each model, counted on the meta device.
+
+    `torch.utils.flop_counter.FlopCounterMode` over DINOv2's real `forward_backward` with the model and the batch on
+    the meta device: nothing is computed or allocated, so the count is independent of machine load and works for
+    presets too large for this machine (vitl16). Not counted: elementwise ops, the optimizer, the EMA. The per-module
+    entries are forward + backward FLOPs by top-level module class (student and teacher together): backbone
+    (DinoVisionTransformer), DINOHead, EqCohHead, EqCohDecoders.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch_size = int(cfg.train.batch_size_per_gpu)
+    result: dict[str, Any] = {}
+    for name in MODELS:
+        batch = make_batches(name, cfg, images, 1, batch_size, seed)[0]
+        batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.device("meta"):
+            model = model_class(name)(cfg)
+        model.train()
+        counter = FlopCounterMode(display=False, depth=1)
+        with counter:
+            model.forward_backward(batch, teacher_temp=cfg.teacher.teacher_temp)
+        # top-level module classes only: the finer (and the loss modules') attributions of backward ops are not reliable
+        per_module = {
+            k: sum(v.values())
+            for k, v in counter.get_flop_counts().items()
+            if "." not in k and k != "Global" and not k.endswith("Loss")
+        }
+        result[name] = {"total": counter.get_total_flops(), "by_module": per_module}
+        del model
+    result["ratio"] = result["eqcoh"]["total"] / result["dinov2"]["total"]
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- 2. memory
 
 
@@ -581,6 +622,12 @@ def format_table(report: dict[str, Any]) -> str:
              f"{aug['eqcoh']['samples_per_s_median']:.1f}", f"{aug['ratio']:.3f}",
              f">= {TARGETS['augmentation_ratio_min']:.2f}")
         )
+    fl = report.get("flops")
+    if fl:
+        rows.append(
+            ("forward_backward GFLOPs (counted)", f"{fl['dinov2']['total'] / 1e9:.1f}",
+             f"{fl['eqcoh']['total'] / 1e9:.1f}", f"{fl['ratio']:.3f}", "")
+        )
     p = report.get("parameters")
     if p:
         rows.append(
@@ -621,7 +668,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the steps (default: torch's)")
     parser.add_argument("--aug-rounds", type=int, default=None, help="timed augmentation batches per pipeline")
     parser.add_argument("--memory-iters", type=int, default=2, help="steps per model in the memory child (default 2)")
-    parser.add_argument("--skip", action="append", default=[], choices=("step", "memory", "augmentation"),
+    parser.add_argument("--skip", action="append", default=[], choices=("step", "memory", "augmentation", "flops"),
                         help="leave a measurement out (repeatable)")
     parser.add_argument("--opt", dest="opts", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for both models, e.g. --opt eqcoh.decoder.dim=128 (repeatable)")
@@ -676,6 +723,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     n_images = max(2 * batch_size, batch_size * min(4, args.aug_rounds))
     images = render_images(cfg, n_images, preset.image_size)
+    if "flops" not in args.skip:
+        report["flops"] = count_step_flops(cfg, images, args.seed)
+        log(f"FLOPs of one forward_backward (meta device): dinov2 {report['flops']['dinov2']['total'] / 1e9:.1f} G, "
+            f"eqcoh {report['flops']['eqcoh']['total'] / 1e9:.1f} G, ratio {report['flops']['ratio']:.3f}")
     if "augmentation" not in args.skip:
         log(f"augmentation: {args.aug_rounds} batches of {batch_size} x {preset.image_size} px images per pipeline")
         report["augmentation"] = measure_augmentation(

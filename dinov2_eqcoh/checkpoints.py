@@ -396,9 +396,8 @@ def backbone_config(
     or options inferred from `state` (`infer_backbone_options`); then the dotlist `opts` (e.g.
     `student.arch=vit_small`). Only `student.*` and `crops.global_crops_size` matter for the backbone.
     """
-    from omegaconf import OmegaConf
-
     from dinov2.configs import dinov2_default_config
+    from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(dinov2_default_config)
     if config_file is None and checkpoint is not None:
@@ -429,9 +428,8 @@ def build_backbone_for_checkpoint(cfg, img_size: int | None = None, block_chunks
     Returns:
         The backbone in eval mode (randomly initialised; load weights with `load_pretrained_backbone`).
     """
-    from omegaconf import OmegaConf
-
     from dinov2.models import build_model_from_cfg
+    from omegaconf import OmegaConf
 
     overrides = []
     if img_size is not None:

@@ -165,15 +165,16 @@ def validate(cfg: DictConfig) -> None:
     dim = e.decoder.dim
     if not _is_int(dim) or dim < 8 or dim % 8:
         _fail("eqcoh.decoder.dim", dim, "C must be an integer >= 8 and divisible by 8 (channels C, C/2, C/4, C/8)")
-    for side in ("student", "teacher"):
-        strategy = cfg.compute_precision[side].eqcoh_decoders.sharding_strategy
-        if strategy != "NO_SHARD":
+    for key in cfg.compute_precision.student:  # DINOv2's EMA zips the student's and teacher's flat parameters
+        student = cfg.compute_precision.student[key].sharding_strategy
+        teacher = cfg.compute_precision.teacher[key].sharding_strategy
+        if (student == "NO_SHARD") != (teacher == "NO_SHARD"):
             _fail(
-                f"compute_precision.{side}.eqcoh_decoders.sharding_strategy",
-                strategy,
-                "must be NO_SHARD: the teacher's decoders never run, and DINOv2 reshards every teacher module after "
-                "the teacher forward (which fails on a sharded FSDP module that never ran); DINOv2's EMA pairs the "
-                "student's and teacher's flat parameters, so the student's copy cannot be sharded either",
+                f"compute_precision.teacher.{key}.sharding_strategy",
+                teacher,
+                f"compute_precision.student.{key}.sharding_strategy is {student}: the teacher's module must be "
+                "sharded too (SHARD_GRAD_OP or FULL_SHARD) or both NO_SHARD, since DINOv2's EMA update pairs the "
+                "student's and the teacher's (sharded or whole) flat parameters",
             )
     p = cfg.student.patch_size
     for key in ("global_crops_size", "local_crops_size"):

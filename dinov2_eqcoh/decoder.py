@@ -46,7 +46,10 @@ class ReconstructionDecoder(nn.Module):
         widths = [dim, dim // 2, dim // 4, dim // 8, 3]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(c_in, c_out, 3, 1, 1)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(c_in, c_out, 3, 1, 1),
+            ]
             if i < UPSAMPLING_STAGES - 1:
                 layers.append(nn.GELU())
         self.convs = nn.Sequential(*layers)

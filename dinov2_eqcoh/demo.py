@@ -146,7 +146,7 @@ def reconstruction_grid(run_dir: Path, path: Path, n: int = 6) -> None:
     thetas = batch["eqcoh_theta"]
     for i in range(n):
         axes[i, 0].set_ylabel("θ=" + ",".join(f"{v:.2g}" for v in thetas[i].tolist()), fontsize=6)
-    fig.suptitle("EqCoh reconstructions of the intermediate states (teacher-free student, final checkpoint)", fontsize=9)
+    fig.suptitle("EqCoh reconstructions of the intermediate states (student, final checkpoint)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

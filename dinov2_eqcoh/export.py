@@ -20,8 +20,12 @@ from typing import Any, Sequence
 
 import torch
 
-from dinov2_eqcoh.checkpoints import backbone_config, build_backbone_for_checkpoint, load_backbone_state_dict
-from dinov2_eqcoh.checkpoints import load_pretrained_backbone
+from dinov2_eqcoh.checkpoints import (
+    backbone_config,
+    build_backbone_for_checkpoint,
+    load_backbone_state_dict,
+    load_pretrained_backbone,
+)
 
 logger = logging.getLogger("dinov2.eqcoh")
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from dinov2.layers import DINOHead
+from dinov2.train.ssl_meta_arch import SSLMetaArch
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from dinov2.layers import DINOHead
-from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2_eqcoh.decoder import EqCohDecoders
 
 logger = logging.getLogger("dinov2.eqcoh")
@@ -60,8 +60,8 @@ class EqCohHead(nn.Module):
 class EqCohMetaArch(SSLMetaArch):
     """SSLMetaArch with an eqcoh head, K reconstruction decoders D_k and L = L_SSL + λ·L_recon [0].
 
-    What differs from DINOv2's SSLMetaArch (all of it only when λ = `eqcoh.loss_weight` > 0; with λ = 0 nothing
-    is built or hooked and the class is SSLMetaArch):
+    What differs from DINOv2's SSLMetaArch (all but the last two only when λ = `eqcoh.loss_weight` > 0; with
+    λ = 0 nothing is built or hooked and training is SSLMetaArch's):
 
     - `student/teacher["eqcoh_head"]`: `EqCohHead`, Linear(embed_dim -> d_patch) on every backbone output token
       (CLS and patches), split [z_inv (d_inv = d_patch - d_equi), z_equi (d_equi)].
@@ -70,8 +70,8 @@ class EqCohMetaArch(SSLMetaArch):
     - `student/teacher["eqcoh_decoders"]`: `EqCohDecoders`, K independent decoders D_k. The teacher copies exist
       only because DINOv2 pairs student and teacher modules by key (EMA, FSDP); they get no loss.
     - Forward hooks on both backbones replace `x_norm_clstoken` / `x_norm_patchtokens` of the output dicts by
-      z_inv; the student's hook keeps the global crops' z_equi patch tokens (2B, N, d_equi) for the loss. So
-      SSLMetaArch's own `forward_backward` runs unchanged on z_inv.
+      z_inv and add `eqcoh_z_equi_patchtokens`; the student's hook keeps the global crops' z_equi patch tokens
+      (2B, N, d_equi) for the loss. So SSLMetaArch's own `forward_backward` runs unchanged on z_inv.
     - `backprop_loss` adds λ·L_recon, L_recon = (1/K)·Σ_k MSE(D_k([z_equi(v1); z_equi(v2)]), u_k), with v1 the
       first B global crops and v2 the last B, and u_k the batch's `eqcoh_targets[k]`; `forward_backward` returns
       DINOv2's loss dict plus `eqcoh_recon_loss` (unweighted, detached).
@@ -176,7 +176,12 @@ class EqCohMetaArch(SSLMetaArch):
             zi = zi.view(t.shape[0], t.shape[1], -1)  # (B_i, 1 + N_i, d_inv)
             ze = ze.view(t.shape[0], t.shape[1], -1)  # (B_i, 1 + N_i, d_equi)
             new_dicts.append(
-                {**d, "x_norm_clstoken": zi[:, 0], "x_norm_patchtokens": zi[:, 1:], "eqcoh_z_equi_patchtokens": ze[:, 1:]}
+                {
+                    **d,
+                    "x_norm_clstoken": zi[:, 0],
+                    "x_norm_patchtokens": zi[:, 1:],
+                    "eqcoh_z_equi_patchtokens": ze[:, 1:],
+                }
             )
         return new_dicts if isinstance(output, list) else new_dicts[0]
 

@@ -23,7 +23,8 @@ def test_tiny_preset_end_to_end_writes_the_documented_json(tmp_path):
     # the table and the progress lines went to stdout
     assert "step time, s: median [IQR]" in proc.stdout and "augmentation, samples/s/worker" in proc.stdout
     assert "[bench" in proc.stdout
-    for key in ("preset", "command", "batch_size", "machine", "parameters", "step_time", "memory", "augmentation"):
+    for key in ("preset", "command", "batch_size", "machine", "parameters", "flops", "step_time", "memory",
+                "augmentation"):
         assert key in report, key
     assert report["preset"] == "tiny" and report["batch_size"] == 4
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["cores"] >= 1
@@ -51,6 +52,13 @@ def test_tiny_preset_end_to_end_writes_the_documented_json(tmp_path):
         assert aug[name]["samples_per_s_median"] == pytest.approx(4 / aug[name]["median_s"])
     assert aug["ratio"] == pytest.approx(aug["eqcoh"]["samples_per_s_median"] / aug["dinov2"]["samples_per_s_median"])
     assert "eqcoh_targets" in aug["eqcoh"]["batch_keys"] and "eqcoh_targets" not in aug["dinov2"]["batch_keys"]
+
+    fl = report["flops"]  # counted on the meta device: deterministic, so the method's extra modules must show up
+    assert fl["eqcoh"]["total"] > fl["dinov2"]["total"] > 0
+    assert fl["ratio"] == pytest.approx(fl["eqcoh"]["total"] / fl["dinov2"]["total"])
+    assert fl["eqcoh"]["by_module"]["EqCohDecoders"] > 0 and fl["eqcoh"]["by_module"]["EqCohHead"] > 0
+    assert "EqCohDecoders" not in fl["dinov2"]["by_module"]
+    assert fl["eqcoh"]["by_module"]["DinoVisionTransformer"] == fl["dinov2"]["by_module"]["DinoVisionTransformer"]
 
     p = report["parameters"]
     assert p["eqcoh"]["student"] > p["dinov2"]["student"]

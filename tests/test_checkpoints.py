@@ -5,9 +5,8 @@ import argparse
 
 import pytest
 import torch
-from torch import nn
-
 from helpers import PYTHON, dinov2_cfg, run
+from torch import nn
 
 from dinov2_eqcoh.checkpoints import (
     build_backbone_for_checkpoint,
@@ -170,9 +169,8 @@ def test_dinov2_eval_loader_reads_our_teacher_checkpoint(tiny_run, monkeypatch):
     then); everything else is DINOv2's own code. `load_pretrained_weights` loads with strict=False, so the test
     compares every tensor instead of trusting the load.
     """
-    from omegaconf import OmegaConf
-
     from dinov2.eval.setup import build_model_for_eval
+    from omegaconf import OmegaConf
 
     if not torch.cuda.is_available():
         monkeypatch.setattr(nn.Module, "cuda", lambda self, *a, **k: self)
@@ -188,12 +186,11 @@ def test_dinov2_eval_loader_reads_our_teacher_checkpoint(tiny_run, monkeypatch):
 
 @pytest.mark.slow
 def test_export_round_trip_through_dinov2_hub_constructor(tiny_run, tmp_path):
-    from omegaconf import OmegaConf
-
     from dinov2.hub.backbones import _make_dinov2_model
     from dinov2.models import build_model_from_cfg
     from dinov2.models import vision_transformer as vits
     from dinov2.utils.utils import load_pretrained_weights
+    from omegaconf import OmegaConf
 
     out = tmp_path / "exported" / "backbone.pth"
     run([PYTHON, "-m", "dinov2_eqcoh.export", "--config-file", tiny_run / "config.yaml",
@@ -226,3 +223,27 @@ def test_export_round_trip_through_dinov2_hub_constructor(tiny_run, tmp_path):
     run([PYTHON, "-m", "dinov2_eqcoh.export", "--checkpoint", teacher_ckpt, "--output", again])
     raw2 = torch.load(again, map_location="cpu", weights_only=True)
     assert sorted(raw2) == sorted(raw) and all(torch.equal(raw2[k], raw[k]) for k in raw)
+
+
+@pytest.mark.slow
+def test_eqcoh_run_backbone_exports_and_loads_like_dinov2s(tmp_path):
+    """A run of the plugin (extra eqcoh_* teacher modules): the export, our loader and DINOv2's eval loader agree."""
+    from dinov2.models import build_model_from_cfg
+    from dinov2.utils.utils import load_pretrained_weights
+    from omegaconf import OmegaConf
+
+    out = tmp_path / "eqcoh"
+    run([PYTHON, "-m", "dinov2_eqcoh.train", "--config-file", "configs/tiny/eqcoh_cpu.yaml", "--output-dir", out])
+    teacher_ckpt = sorted(out.glob("eval/*/teacher_checkpoint.pth"))[-1]
+    assert any(k.startswith("eqcoh_") for k in torch.load(teacher_ckpt, weights_only=True)["teacher"])
+    exported = tmp_path / "eqcoh_backbone.pth"
+    run([PYTHON, "-m", "dinov2_eqcoh.export", "--checkpoint", out / "model_final.rank_0.pth", "--output", exported])
+    raw = torch.load(exported, map_location="cpu", weights_only=True)
+    assert not any("eqcoh" in k or "head" in k for k in raw)
+
+    ours, cfg = load_backbone(exported)  # no config: the architecture is inferred from the file
+    reference, _ = build_model_from_cfg(OmegaConf.load(out / "config.yaml"), only_teacher=True)
+    load_pretrained_weights(reference, str(teacher_ckpt), "teacher")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference.eval()(x))

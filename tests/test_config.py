@@ -1,9 +1,8 @@
 """The plugin config: merge order, struct mode, typo and value errors, every shipped YAML loads."""
 
 import pytest
-from omegaconf import OmegaConf
-
 from helpers import PYTHON, REPO, run
+from omegaconf import OmegaConf
 
 TINY = REPO / "configs/tiny/eqcoh_cpu.yaml"
 ALL_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
@@ -36,6 +35,7 @@ def test_every_config_loads_in_struct_mode(config_file):
     bad = OmegaConf.merge(raw, {"eqcoh": {"loss_wieght": 1.0}})
     with pytest.raises(ConfigError, match=r"eqcoh\.loss_wieght.*eqcoh\.loss_weight"):
         from dinov2.configs import dinov2_default_config
+
         from dinov2_eqcoh.config import build_cfg
 
         build_cfg(OmegaConf.create(dinov2_default_config), bad, OmegaConf.create())
@@ -117,10 +117,10 @@ def test_misspelt_key_in_a_file_names_the_file(tmp_path):
         ("eqcoh.decoder.dim=0", "eqcoh.decoder.dim", ">= 8"),
         ("crops.global_crops_size=30", "crops.global_crops_size", "multiple of student.patch_size = 8"),
         ("crops.local_crops_size=12", "crops.local_crops_size", "multiple of student.patch_size = 8"),
-        ("compute_precision.teacher.eqcoh_decoders.sharding_strategy=SHARD_GRAD_OP",
-         "compute_precision.teacher.eqcoh_decoders.sharding_strategy", "NO_SHARD"),
-        ("compute_precision.student.eqcoh_decoders.sharding_strategy=FULL_SHARD",
-         "compute_precision.student.eqcoh_decoders.sharding_strategy", "NO_SHARD"),
+        ("compute_precision.teacher.eqcoh_decoders.sharding_strategy=NO_SHARD",
+         "compute_precision.teacher.eqcoh_decoders.sharding_strategy", "student.eqcoh_decoders.sharding_strategy is"),
+        ("compute_precision.student.backbone.sharding_strategy=NO_SHARD",
+         "compute_precision.teacher.backbone.sharding_strategy", "must be sharded too"),
     ],
 )
 def test_invalid_value_names_key_and_allowed_range(opt, key, allowed):

@@ -13,9 +13,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from helpers import PYTHON, run
+from torch import nn
 
 from dinov2_eqcoh.eval.equivariance import evaluate_equivariance, r2_score
 from dinov2_eqcoh.eval.invariance import evaluate_invariance, evaluate_invariance_features

@@ -9,7 +9,6 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import REPO, dinov2_batch
 
 TINY = "configs/tiny/eqcoh_cpu.yaml"
@@ -64,6 +63,7 @@ def test_decoders_output_one_crop_sized_image_per_k(n_intermediate, patch_size, 
 
 def test_decoder_architecture_and_bad_sizes():
     from dinov2.utils.utils import has_batchnorms
+
     from dinov2_eqcoh.decoder import ReconstructionDecoder
 
     dec = ReconstructionDecoder(d_in=32, dim=64, patch_size=16, img_size=64)

@@ -12,7 +12,7 @@ from helpers import DINOV2_CACHE, PIN, REPO, run
 PATCHES = REPO / "patches"
 SERIES = [line.strip() for line in (PATCHES / "series").read_text().splitlines() if line.strip()]
 ALLOWED_PATHS = re.compile(r"^dinov2/(train|data|fsdp|distributed|layers|logging|models|utils|configs|run)/")
-ADDED_LINES_BUDGET = 150
+ADDED_LINES_BUDGET = 200
 
 
 def _touched(patch: Path):

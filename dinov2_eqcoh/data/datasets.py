@@ -5,8 +5,9 @@
   position and scale on a textured, non-symmetric background. Deterministic by (seed, index), any resolution.
   Rotation and position of the content are identifiable (no glyph is rotation-symmetric), so both invariant
   (class) and equivariant (angle, position) information can be learned from it.
-- `ImageFolder:root=<dir>`: a user's own images, `root/<class>/<image>` as in torchvision (or a flat folder,
-  one class).
+- `ImageFolder:root=<dir>[:max_bad_fraction=<0..1>]`: a user's own images, `root/<class>/<image>` as in
+  torchvision (or a flat folder, one class). An unreadable image is skipped (the next readable one is used), logged
+  and counted; the run stops when more than `max_bad_fraction` (default 0.01) of the loads fail.
 - `ImageNet:...` / `ImageNet22k:...`: passed to DINOv2's own `make_dataset` unchanged.
 
 `make_dataset` has DINOv2's signature, so `train.dataset_builder: dinov2_eqcoh.data.datasets:make_dataset`
@@ -17,14 +18,19 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 logger = logging.getLogger("dinov2")
 
+# What PIL raises for a file it cannot read or decode (UnidentifiedImageError and truncation are OSErrors).
+BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+MIN_LOADS_FOR_FRACTION = 100  # the bad fraction is judged once this many loads happened ...
+ALL_BAD_STOP = 10  # ... or at once when this many loads happened and every one of them failed
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # Asymmetric glyphs in unit coordinates (centred near 0, extent about [-1, 1]); none has a rotation symmetry.
@@ -123,20 +129,43 @@ class SyntheticGlyphs:
         return image, target
 
 
-class ImageFolder:
-    """`root/<class>/<image>` (classes sorted by name) or a flat `root/<image>` folder (one class)."""
+def _is_image(filename: str) -> bool:
+    return filename.lower().endswith(IMG_EXTENSIONS)
 
-    def __init__(self, root, transform=None, target_transform=None):
+
+class ImageFolder:
+    """`root/<class>/<image>` (classes sorted by name) or a flat `root/<image>` folder (one class).
+
+    A file that cannot be read or decoded (missing, unreadable, truncated, not an image) is skipped: a warning names
+    it with the running count ("bad images so far: n of m loads") on the "dinov2" logger, which DINOv2 writes to
+    `<output_dir>/logs/log.txt`, and the next readable image in the list (index + 1, + 2, ...) is returned in its
+    place, with that image's target. The counts are kept in shared memory, so DataLoader worker processes add to the
+    same totals (`bad_images`, `loaded_images`). When more than `max_bad_fraction` of the loads have failed (judged
+    once `MIN_LOADS_FOR_FRACTION` loads happened, or at once when the first `ALL_BAD_STOP` loads all failed),
+    loading raises a RuntimeError that says how many of how many, the last bad file and the key to raise the limit.
+
+    Args:
+        root: the folder.
+        transform, target_transform: applied to the PIL image (RGB) and the class index.
+        max_bad_fraction: the fraction of failed loads tolerated, in [0, 1] (1: never stop).
+    """
+
+    def __init__(self, root, transform=None, target_transform=None, max_bad_fraction=0.01):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"ImageFolder: root={root} is not a directory")
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(
+                f"ImageFolder: max_bad_fraction={max_bad_fraction} is out of range; allowed 0..1 (the fraction of "
+                "image loads that may fail before the run stops)"
+            )
         classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
         samples = []
         if classes:
             for ci, c in enumerate(classes):
                 for dirpath, _, files in sorted(os.walk(os.path.join(root, c))):
-                    samples += [(os.path.join(dirpath, f), ci) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+                    samples += [(os.path.join(dirpath, f), ci) for f in sorted(files) if _is_image(f)]
         else:
-            samples = [(os.path.join(root, f), 0) for f in sorted(os.listdir(root)) if f.lower().endswith(IMG_EXTENSIONS)]
+            samples = [(os.path.join(root, f), 0) for f in sorted(os.listdir(root)) if _is_image(f)]
         if not samples:
             raise FileNotFoundError(
                 f"ImageFolder: no images under root={root} (looked for {', '.join(IMG_EXTENSIONS)} files "
@@ -144,9 +173,23 @@ class ImageFolder:
             )
         self.root, self.classes, self.samples = root, classes or ["images"], samples
         self.transform, self.target_transform = transform, target_transform
+        self.max_bad_fraction = float(max_bad_fraction)
+        # [failed loads, attempted loads] in shared memory: DataLoader workers (forked, or spawned with the dataset
+        # pickled while spawning) inherit it and add to the same totals
+        self._counts = multiprocessing.Array("q", 2)
 
     def __len__(self):
         return len(self.samples)
+
+    @property
+    def bad_images(self) -> int:
+        """Loads that failed so far, in this process and its DataLoader workers (a bad file counts each time)."""
+        return int(self._counts[0])
+
+    @property
+    def loaded_images(self) -> int:
+        """Loads attempted so far (good and bad), in this process and its DataLoader workers."""
+        return int(self._counts[1])
 
     def get_target(self, index):
         return self.samples[int(index)][1]
@@ -161,8 +204,45 @@ class ImageFolder:
             img.load()
         return img.convert("RGB")
 
+    def _count_load(self, bad: bool) -> tuple[int, int]:
+        with self._counts.get_lock():
+            self._counts[0] += int(bad)
+            self._counts[1] += 1
+            return self._counts[0], self._counts[1]
+
+    def _skip_bad_image(self, index: int, error: Exception) -> None:
+        """Count and log a failed load; raise when the failures exceed `max_bad_fraction`."""
+        path = self.samples[index][0]
+        bad, attempted = self._count_load(bad=True)
+        logger.warning(
+            f"ImageFolder: skipped unreadable image {path} ({type(error).__name__}: {error}); "
+            f"bad images so far: {bad} of {attempted} loads"
+        )
+        judged = attempted >= MIN_LOADS_FOR_FRACTION or bad == attempted >= ALL_BAD_STOP
+        if judged and bad > self.max_bad_fraction * attempted:
+            message = (
+                f"ImageFolder: {bad} of {attempted} image loads under root={self.root} failed ({bad / attempted:.1%}), "
+                f"more than max_bad_fraction={self.max_bad_fraction:g}; last bad file: {path} "
+                f"({type(error).__name__}: {error}). Fix or remove the bad files, or raise the limit in the dataset "
+                f"string, e.g. train.dataset_path=ImageFolder:root={self.root}:max_bad_fraction=0.05"
+            )
+            logger.error(message)
+            raise RuntimeError(message)
+
     def __getitem__(self, index):
-        image, target = self.load(index), self.get_target(index)
+        index = int(index)  # DINOv2's samplers yield numpy integers
+        for offset in range(len(self)):
+            i = (index + offset) % len(self)
+            try:
+                image = self.load(i)
+            except BAD_IMAGE_ERRORS as e:
+                self._skip_bad_image(i, e)
+                continue
+            self._count_load(bad=False)
+            break
+        else:
+            raise RuntimeError(f"ImageFolder: none of the {len(self)} images under root={self.root} can be read")
+        target = self.get_target(i)
         if self.transform is not None:
             image = self.transform(image)
         if self.target_transform is not None:
@@ -172,7 +252,7 @@ class ImageFolder:
 
 _BUILDERS = {
     "Synthetic": (SyntheticGlyphs, {"n": int, "size": int, "classes": int, "seed": int}),
-    "ImageFolder": (ImageFolder, {"root": str}),
+    "ImageFolder": (ImageFolder, {"root": str, "max_bad_fraction": float}),
 }
 _DINOV2_NAMES = ("ImageNet", "ImageNet22k")
 
@@ -199,7 +279,8 @@ def parse_dataset_str(dataset_str: str):
             try:
                 kwargs[key] = allowed[key](value)
             except ValueError:
-                raise ValueError(f"train.dataset_path: {name} key '{key}={value}' is not a valid {allowed[key].__name__}")
+                kind = allowed[key].__name__
+                raise ValueError(f"train.dataset_path: {name} key '{key}={value}' is not a valid {kind}") from None
     return name, kwargs
 
 
