@@ -209,8 +209,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="out/demo", help="where runs, report.md/json and PNGs go (default out/demo)")
     p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"))
     p.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
-    p.add_argument("--eval-images", type=int, default=1500, help="held-out images for the probes (2/3 fit, 1/3 score)")
-    p.add_argument("--probe-epochs", type=int, default=60)
+    p.add_argument("--eval-images", type=int, default=1200, help="held-out images for the probes (2/3 fit, 1/3 score)")
+    p.add_argument("--probe-epochs", type=int, default=40)
     p.add_argument("--features", default="concat", choices=("cls", "avgpool", "concat"),
                    help="frozen features for the equivariance probe (concat = CLS and average-pooled patches)")
     p.add_argument("--skip-training", action="store_true", help="reuse the runs already in --output-dir")

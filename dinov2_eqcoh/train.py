@@ -26,13 +26,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--config-file is required (e.g. configs/train/vitl16_in1k_ep100_eqcoh_se2.yaml)")
     if not OmegaConf.select(OmegaConf.load(args.config_file), "train.meta_arch", default=""):
         args.opts = [f"train.meta_arch={META_ARCH}", *(args.opts or [])]  # the command line still wins
-    try:  # the pin as installed, if the package records it (patches/UPSTREAM itself is not installed)
-        from dinov2_eqcoh import _upstream
+    from dinov2_eqcoh import _upstream
 
-        # printed: DINOv2's main sets up logging only later
-        print(f"dinov2_eqcoh: DINOv2 pin {getattr(_upstream, 'URL', '?')} @ {getattr(_upstream, 'COMMIT', '?')}")
-    except ImportError:
-        pass
+    _upstream.check_patched_dinov2()
+    pin = _upstream.pin()
+    # printed: DINOv2's main sets up logging only later
+    print(f"dinov2_eqcoh: DINOv2 {pin.get('url', '?')} @ {pin.get('commit', '?')} + patches/", flush=True)
     dinov2_main(args)
 
 

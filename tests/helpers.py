@@ -16,7 +16,9 @@ DINOV2_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / 
 
 def run(cmd, *, timeout=300, env=None, cwd=REPO, check=True):
     """Run a command, return CompletedProcess; on failure raise with the tail of its output."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    # one intra-op thread per process: runs of several ranks (and the 2 cores' other load) would otherwise
+    # oversubscribe the CPU and slow down by an order of magnitude
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, timeout=timeout,

@@ -279,7 +279,7 @@ def plot_equivariance(results: Mapping, path: str, title: str = "") -> None:
         bars = ax.bar(xs, values, width, label=kind)
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
     ax.set_xticks(range(len(labels)), [f"R²({t})" if t != "mean" else "mean" for t in labels])
-    ax.set_ylim(min(0.0, min(min(results["r2"][k].values()) for k in kinds)) - 0.05, 1.08)
+    ax.set_ylim(min(0.0, min(min(results["r2"][k].values()) for k in kinds)) - 0.12, 1.08)
     ax.axhline(0.0, color="k", linewidth=0.6)
     ax.set_ylabel("R² (held-out)")
     ax.set_title(title or f"equivariance probes ({results['n_train']} train / {results['n_test']} test images)",

@@ -47,6 +47,7 @@ def knn_accuracy(
     k: int = 20,
     temperature: float = 0.07,
     chunk: int = 1024,
+    device: torch.device | str | None = None,
 ) -> float:
     """Top-1 of the temperature-weighted k-NN vote on cosine similarity.
 
@@ -54,16 +55,19 @@ def knn_accuracy(
         train_features: (N, D); train_labels: (N,) int.
         test_features: (M, D); test_labels: (M,) int.
         k: neighbours (clamped to N); temperature: T of softmax(sim / T).
+        chunk: test features per similarity matmul; device: where to compute (default: the accelerator if any).
     """
+    device = torch.device(device) if device is not None else default_device()
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    train = nn.functional.normalize(train_features.float(), dim=1)
-    test = nn.functional.normalize(test_features.float(), dim=1)
+    train = nn.functional.normalize(train_features.float().to(device), dim=1)
+    test = nn.functional.normalize(test_features.float().to(device), dim=1)
+    train_labels, test_labels = train_labels.to(device), test_labels.to(device)
     k = min(int(k), train.shape[0])
     correct = 0
     for start in range(0, test.shape[0], chunk):
         sims, idx = (test[start:start + chunk] @ train.T).topk(k, dim=1)  # (B, k)
         weights = torch.softmax(sims / temperature, dim=1)
-        votes = torch.zeros(sims.shape[0], num_classes).scatter_add_(1, train_labels[idx], weights)  # (B, C)
+        votes = torch.zeros(sims.shape[0], num_classes, device=device).scatter_add_(1, train_labels[idx], weights)
         correct += int((votes.argmax(dim=1) == test_labels[start:start + chunk]).sum())
     return correct / test.shape[0]
 
@@ -159,7 +163,7 @@ def evaluate_invariance_features(
     results: dict = {"knn": {}, "linear": {}}
     for kind in train_features:
         args = (train_features[kind], train_labels, test_features[kind], test_labels)
-        results["knn"][kind] = knn_accuracy(*args, k=k, temperature=temperature)
+        results["knn"][kind] = knn_accuracy(*args, k=k, temperature=temperature, device=device)
         results["linear"][kind] = linear_probe_accuracy(*args, steps=linear_steps, weight_decay=weight_decay,
                                                         device=device)
         logger.info(f"invariance {kind:8s} k-NN top-1 {results['knn'][kind]:.4f}, "
