@@ -52,7 +52,9 @@ def train_model(name: str, config_file: Path, output_dir: Path, opts: list[str])
     start = time.time()
     with open(output_dir / f"{name}.train.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                # one intra-op thread: the data-loader worker has the other core; two threads on a
+                                # busy 2-core machine spin against each other and run several times slower
+                                env={"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"})
         for line in proc.stdout:
             log.write(line)
             if "Training  [" in line:  # DINOv2's MetricLogger: every 10 iterations
