@@ -592,6 +592,11 @@ def _loadavg() -> str:
         return "n/a"
 
 
+def _gflops(flops: float) -> str:
+    g = flops / 1e9
+    return f"{g:.1f}" if g >= 10 else f"{g:.4f}"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The side-by-side table printed at the end."""
     st, mem, aug = report.get("step_time"), report.get("memory"), report.get("augmentation")
@@ -625,8 +630,8 @@ def format_table(report: dict[str, Any]) -> str:
     fl = report.get("flops")
     if fl:
         rows.append(
-            ("forward_backward GFLOPs (counted)", f"{fl['dinov2']['total'] / 1e9:.1f}",
-             f"{fl['eqcoh']['total'] / 1e9:.1f}", f"{fl['ratio']:.3f}", "")
+            ("forward_backward GFLOPs (counted)", _gflops(fl["dinov2"]["total"]), _gflops(fl["eqcoh"]["total"]),
+             f"{fl['ratio']:.3f}", "")
         )
     p = report.get("parameters")
     if p:
@@ -725,8 +730,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     images = render_images(cfg, n_images, preset.image_size)
     if "flops" not in args.skip:
         report["flops"] = count_step_flops(cfg, images, args.seed)
-        log(f"FLOPs of one forward_backward (meta device): dinov2 {report['flops']['dinov2']['total'] / 1e9:.1f} G, "
-            f"eqcoh {report['flops']['eqcoh']['total'] / 1e9:.1f} G, ratio {report['flops']['ratio']:.3f}")
+        log(f"FLOPs of one forward_backward (meta device): dinov2 {_gflops(report['flops']['dinov2']['total'])} G, "
+            f"eqcoh {_gflops(report['flops']['eqcoh']['total'])} G, ratio {report['flops']['ratio']:.3f}")
     if "augmentation" not in args.skip:
         log(f"augmentation: {args.aug_rounds} batches of {batch_size} x {preset.image_size} px images per pipeline")
         report["augmentation"] = measure_augmentation(
