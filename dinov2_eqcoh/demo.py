@@ -59,7 +59,6 @@ def train_model(name: str, config_file: Path, output_dir: Path, opts: list[str])
             log.write(line)
             if "Training  [" in line:  # DINOv2's MetricLogger: every 10 iterations
                 fields = line.split("Training  ")[1].split()
-                losses = " ".join(f for f in fields if "loss" in f or f.startswith("eqcoh"))
                 it = fields[0] + fields[1] if fields[0] == "[" else fields[0]
                 print(f"[demo]   {name} {it} {line.split('total_loss: ')[1].split(' (')[0] if 'total_loss' in line else ''}"
                       f"  eta {line.split('eta: ')[1].split()[0] if 'eta: ' in line else '?'}", flush=True)

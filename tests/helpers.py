@@ -36,9 +36,8 @@ def read_metrics(output_dir) -> list[dict]:
 
 def dinov2_cfg(config_file, *opts):
     """DINOv2's default config merged with a file and a dotlist, exactly as DINOv2's get_cfg_from_args does."""
-    from omegaconf import OmegaConf
-
     from dinov2.configs import dinov2_default_config
+    from omegaconf import OmegaConf
 
     return OmegaConf.merge(
         OmegaConf.create(dinov2_default_config), OmegaConf.load(REPO / config_file), OmegaConf.from_dotlist(list(opts))
@@ -50,8 +49,8 @@ def dinov2_batch(cfg, batch_size=None, dtype=None, seed=0):
     import random
 
     import torch
-
     from dinov2.train.train import build_collate_fn, build_data_transform
+
     from dinov2_eqcoh.data.datasets import make_dataset
 
     random.seed(seed)

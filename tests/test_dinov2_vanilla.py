@@ -1,10 +1,8 @@
 """Vanilla DINOv2 (upstream SSLMetaArch and training loop, patched) on a CPU: one step, a run, a resume, two ranks."""
 
-import re
 
 import pytest
 import torch
-
 from helpers import PYTHON, dinov2_batch, dinov2_cfg, free_port, read_metrics, run
 
 TINY = "configs/tiny/dinov2_cpu.yaml"

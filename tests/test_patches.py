@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import DINOV2_CACHE, PIN, REPO, run
 
 PATCHES = REPO / "patches"
