@@ -18,7 +18,7 @@ def run(cmd, *, timeout=300, env=None, cwd=REPO, check=True):
     """Run a command, return CompletedProcess; on failure raise with the tail of its output."""
     # one intra-op thread per process: runs of several ranks (and the 2 cores' other load) would otherwise
     # oversubscribe the CPU and slow down by an order of magnitude
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, timeout=timeout,
