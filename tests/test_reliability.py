@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PYTHON, REPO, run
+from helpers import PYTHON, REPO, read_metrics, run
 from PIL import Image
 
 TINY = "configs/tiny/dinov2_cpu.yaml"
@@ -188,6 +188,12 @@ def test_training_run_skips_bad_images_and_logs_them(tmp_path):
     counts = [(int(n), int(m)) for _, n, m in skipped]
     assert [n for n, _ in counts] == list(range(1, len(counts) + 1)) and all(m >= n for n, m in counts)
     assert len(counts) >= 2 * len(bad)
+    # ... and the count is in the metrics, next to the losses (the loader prefetches, so the logged totals trail
+    # the log lines but never go down and end above zero)
+    metrics = read_metrics(out)
+    assert all("bad_images" in m and "loaded_images" in m for m in metrics)
+    bads = [m["bad_images"] for m in metrics]
+    assert bads == sorted(bads) and bads[-1] > 0 and metrics[-1]["loaded_images"] >= bads[-1]
 
 
 @pytest.mark.slow

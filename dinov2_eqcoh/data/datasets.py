@@ -191,6 +191,10 @@ class ImageFolder:
         """Loads attempted so far (good and bad), in this process and its DataLoader workers."""
         return int(self._counts[1])
 
+    def data_metrics(self) -> dict[str, int]:
+        """Logged with the losses at every iteration by DINOv2's loop (patches/0007): training_metrics.json."""
+        return {"bad_images": self.bad_images, "loaded_images": self.loaded_images}
+
     def get_target(self, index):
         return self.samples[int(index)][1]
 
