@@ -138,7 +138,7 @@ def _is_number(x) -> bool:
 
 def validate(cfg: DictConfig) -> None:
     """Check the `eqcoh` values and the crop/patch sizes; raise ConfigError naming the key and the allowed range."""
-    from dinov2_eqcoh.transforms import TRANSFORMS
+    from dinov2_eqcoh.transforms import TRANSFORMS, check_ranges
 
     e = cfg.eqcoh
     if not _is_number(e.loss_weight) or e.loss_weight < 0:
@@ -154,14 +154,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("apply_to_view", "extra_unmasked_pass"):
         if not isinstance(e[key], bool):
             _fail(f"eqcoh.{key}", e[key], "must be true or false")
-    for name, bounds in e.ranges.items():
-        key = f"eqcoh.ranges.{name}"
-        if not OmegaConf.is_list(bounds) or len(bounds) != 2 or not all(_is_number(b) for b in bounds):
-            _fail(key, bounds, "must be a list of two numbers [lo, hi]")
-        if bounds[0] > bounds[1]:
-            _fail(key, list(bounds), "must be ordered lo <= hi")
-    if e.ranges.blur_sigma[0] < 0:
-        _fail("eqcoh.ranges.blur_sigma", list(e.ranges.blur_sigma), "σ must be >= 0")
+    try:  # one source for the θ ranges' rules: the module that samples from them
+        check_ranges(e.ranges, e.transform)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     dim = e.decoder.dim
     if not _is_int(dim) or dim < 8 or dim % 8:
         _fail("eqcoh.decoder.dim", dim, "C must be an integer >= 8 and divisible by 8 (channels C, C/2, C/4, C/8)")

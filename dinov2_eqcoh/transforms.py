@@ -91,6 +91,9 @@ def check_ranges(ranges: Mapping, name: str | None = None) -> dict[str, tuple[fl
     Raises:
         ValueError: naming the offending key and what is allowed.
     """
+    def bad(key, value, reason):  # the config's message format: "<key> = <value> is not valid: <what is allowed>"
+        return ValueError(f"eqcoh.ranges.{key} = {value!r} is not valid: {reason}")
+
     out = {}
     for key in ranges:
         if key not in ALLOWED_RANGE_KEYS:
@@ -99,14 +102,12 @@ def check_ranges(ranges: Mapping, name: str | None = None) -> dict[str, tuple[fl
         try:
             lo, hi = (float(v) for v in value)
         except (TypeError, ValueError):
-            raise ValueError(f"eqcoh.ranges.{key}: expected a pair [lo, hi] of numbers, got {value!r}") from None
+            raise bad(key, value, "must be a list of two numbers [lo, hi]") from None
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-            raise ValueError(f"eqcoh.ranges.{key}: need finite lo <= hi, got [{lo}, {hi}]")
+            raise bad(key, [lo, hi], "must be finite and ordered lo <= hi")
         if key in _RANGE_LIMITS and not (_RANGE_LIMITS[key][0] <= lo and hi <= _RANGE_LIMITS[key][1]):
-            raise ValueError(
-                f"eqcoh.ranges.{key}: [{lo}, {hi}] is outside the allowed [{_RANGE_LIMITS[key][0]}, "
-                f"{_RANGE_LIMITS[key][1]}] ({_RANGE_LIMITS[key][2]})"
-            )
+            raise bad(key, [lo, hi], f"must lie within [{_RANGE_LIMITS[key][0]}, {_RANGE_LIMITS[key][1]}] "
+                                     f"({_RANGE_LIMITS[key][2]})")
         out[key] = (lo, hi)
     if name is not None:
         missing = [k for k in dict.fromkeys(RANGE_KEYS[check_transform(name)]) if k not in out]

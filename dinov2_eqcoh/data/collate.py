@@ -18,14 +18,14 @@ from dinov2.data.collate import collate_data_and_cast
 from dinov2_eqcoh.data.augmentation import eqcoh_pipeline_active
 
 
-def _stack_key(samples_list, key):
-    """Stack sample[0][key] over the batch; None when no sample has it; an error when only some have it."""
+def _stack_key(samples_list, key, dim=0):
+    """Stack sample[0][key] over the batch along `dim`; None when no sample has it; an error when only some have it."""
     present = [key in s[0] for s in samples_list]
     if not any(present):
         return None
     if not all(present):
         raise ValueError(f"collate_eqcoh: {sum(present)} of {len(present)} samples carry {key!r}; all or none must")
-    return torch.stack([s[0][key] for s in samples_list])
+    return torch.stack([s[0][key] for s in samples_list], dim=dim)
 
 
 def collate_eqcoh(samples_list, mask_ratio_tuple, mask_probability, dtype, n_tokens=None, mask_generator=None):
@@ -48,9 +48,9 @@ def collate_eqcoh(samples_list, mask_ratio_tuple, mask_probability, dtype, n_tok
         n_tokens=n_tokens,
         mask_generator=mask_generator,
     )
-    targets = _stack_key(samples_list, "eqcoh_targets")  # (B, K, 3, G, G)
+    targets = _stack_key(samples_list, "eqcoh_targets", dim=1)  # (K, B, 3, G, G): u_k batches, one copy
     if targets is not None:
-        collated["eqcoh_targets"] = targets.transpose(0, 1).contiguous().to(dtype)  # (K, B, 3, G, G): u_k batches
+        collated["eqcoh_targets"] = targets.to(dtype)
     theta = _stack_key(samples_list, "eqcoh_theta")  # (B, P)
     if theta is not None:
         collated["eqcoh_theta"] = theta.to(torch.float32)
