@@ -44,15 +44,20 @@ class EqCohHead(nn.Module):
         nn.init.trunc_normal_(self.proj.weight, std=0.02)  # as DINOHead initialises its linear layers
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, with_z_equi: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Project and split.
 
         Args:
             x: (T, D) tokens.
+            with_z_equi: False computes only the z_inv rows of the projection (weight[:d_inv], bias[:d_inv]), for
+                callers that never read z_equi (the teacher). A keyword of `forward`, not a separate method, so
+                that an FSDP wrapper around this module unshards the weight for it too.
 
         Returns:
-            z_inv (T, d_inv) and z_equi (T, d_equi).
+            z_inv (T, d_inv) and z_equi (T, d_equi), or None without `with_z_equi`.
         """
+        if not with_z_equi:
+            return F.linear(x, self.proj.weight[: self.d_inv], self.proj.bias[: self.d_inv]), None  # (T, d_inv)
         z = self.proj(x)  # (T, d_patch)
         return z[..., : self.d_inv], z[..., self.d_inv :]
 
@@ -63,15 +68,17 @@ class EqCohMetaArch(SSLMetaArch):
     What differs from DINOv2's SSLMetaArch (all but the last two only when λ = `eqcoh.loss_weight` > 0; with
     λ = 0 nothing is built or hooked and training is SSLMetaArch's):
 
-    - `student/teacher["eqcoh_head"]`: `EqCohHead`, Linear(embed_dim -> d_patch) on every backbone output token
-      (CLS and patches), split [z_inv (d_inv = d_patch - d_equi), z_equi (d_equi)].
+    - `student/teacher["eqcoh_head"]`: `EqCohHead`, Linear(embed_dim -> d_patch) on the backbone output tokens
+      that are read (CLS and patches of the global crops, CLS of the student's local crops), split
+      [z_inv (d_inv = d_patch - d_equi), z_equi (d_equi)]; the teacher computes the z_inv rows only.
     - `student/teacher["dino_head"]` (and `"ibot_head"` if separate) are rebuilt with in_dim = d_inv: DINOv2's
       losses (DINO, KoLeo, iBOT) see z_inv only.
     - `student/teacher["eqcoh_decoders"]`: `EqCohDecoders`, K independent decoders D_k. The teacher copies exist
       only because DINOv2 pairs student and teacher modules by key (EMA, FSDP); they get no loss.
     - Forward hooks on both backbones replace `x_norm_clstoken` / `x_norm_patchtokens` of the output dicts by
-      z_inv and add `eqcoh_z_equi_patchtokens`; the student's hook keeps the global crops' z_equi patch tokens
-      (2B, N, d_equi) for the loss. So SSLMetaArch's own `forward_backward` runs unchanged on z_inv.
+      z_inv (the student's local-crop dict keeps only `x_norm_clstoken`, see `_apply_eqcoh_head`); the student's
+      hook adds `eqcoh_z_equi_patchtokens` and keeps the global crops' z_equi patch tokens (2B, N, d_equi) for the
+      loss. So SSLMetaArch's own `forward_backward` runs unchanged on z_inv.
     - `backprop_loss` adds λ·L_recon, L_recon = (1/K)·Σ_k MSE(D_k([z_equi(v1); z_equi(v2)]), u_k), with v1 the
       first B global crops and v2 the last B, and u_k the batch's `eqcoh_targets[k]`; `forward_backward` returns
       DINOv2's loss dict plus `eqcoh_recon_loss` (unweighted, detached).
@@ -156,37 +163,45 @@ class EqCohMetaArch(SSLMetaArch):
 
     # ------------------------------------------------------------------------------------------ backbone hooks
 
-    def _apply_eqcoh_head(self, model_dict: nn.ModuleDict, output: Any) -> Any:
-        """Map a backbone's training output (dict, or list of dicts for multi-crop) to z_inv.
+    def _apply_eqcoh_head(self, model_dict: nn.ModuleDict, output: Any, with_z_equi: bool) -> Any:
+        """Map a backbone's training output (dict, or list of dicts for multi-crop) to z_inv, projecting only the
+        tokens that are read.
 
-        `x_norm_clstoken` (B, d_inv) and `x_norm_patchtokens` (B, N, d_inv) become z_inv, and the key
-        `eqcoh_z_equi_patchtokens` (B, N, d_equi) is added. Anything else (e.g. the CLS-token tensor of an
-        `is_training=False` call) is returned unchanged.
+        - A single dict (the teacher's global crops, the student's extra unmasked pass), or the first dict of a
+          multi-crop list (the student's global crops): `x_norm_clstoken` (B, d_inv) and `x_norm_patchtokens`
+          (B, N, d_inv) become z_inv; with `with_z_equi`, `eqcoh_z_equi_patchtokens` (B, N, d_equi) is added.
+        - The other dicts of a multi-crop list (the student's local crops, of which DINOv2's `forward_backward` reads
+          only `x_norm_clstoken`): only the CLS token is projected. `x_norm_clstoken` (B, d_inv) becomes z_inv and
+          the key `x_norm_patchtokens` is DROPPED, so that reading the (unprojected, embed_dim-wide) local patch
+          tokens fails with a KeyError instead of silently using the wrong features. No z_equi key either.
+
+        `with_z_equi=False` (the teacher, which never uses z_equi) computes only the z_inv rows of the head.
+        Anything else (e.g. the CLS-token tensor of an `is_training=False` call) is returned unchanged.
         """
         dicts = output if isinstance(output, list) else [output]
         if not all(isinstance(d, dict) and "x_norm_clstoken" in d for d in dicts):
             return output
-        # one call of the (token-wise) head on the CLS and patch tokens of every crop, then split back
-        tokens = [torch.cat([d["x_norm_clstoken"].unsqueeze(1), d["x_norm_patchtokens"]], dim=1) for d in dicts]
+        # one call of the (token-wise) head on the tokens that are read, then split back:
+        # (B, 1 + N, D) for the first dict (CLS and patches), (B, 1, D) for the local crops (CLS only)
+        tokens = [d["x_norm_clstoken"].unsqueeze(1) for d in dicts]
+        tokens[0] = torch.cat([tokens[0], dicts[0]["x_norm_patchtokens"]], dim=1)
         sizes = [t.shape[0] * t.shape[1] for t in tokens]
         # looked up at call time: prepare_for_distributed_training replaces the module by its FSDP wrapper
-        z_inv, z_equi = model_dict["eqcoh_head"](torch.cat([t.flatten(0, 1) for t in tokens]))  # (T, d_*)
-        new_dicts = []
-        for d, t, zi, ze in zip(dicts, tokens, z_inv.split(sizes), z_equi.split(sizes)):
-            zi = zi.view(t.shape[0], t.shape[1], -1)  # (B_i, 1 + N_i, d_inv)
-            ze = ze.view(t.shape[0], t.shape[1], -1)  # (B_i, 1 + N_i, d_equi)
-            new_dicts.append(
-                {
-                    **d,
-                    "x_norm_clstoken": zi[:, 0],
-                    "x_norm_patchtokens": zi[:, 1:],
-                    "eqcoh_z_equi_patchtokens": ze[:, 1:],
-                }
-            )
-        return new_dicts if isinstance(output, list) else new_dicts[0]
+        head = model_dict["eqcoh_head"]
+        z_inv, z_equi = head(torch.cat([t.flatten(0, 1) for t in tokens]), with_z_equi=with_z_equi)  # (T, d_*)
+        z_inv = [zi.view(*t.shape[:2], -1) for zi, t in zip(z_inv.split(sizes), tokens)]  # (B_i, T_i, d_inv)
+
+        first = {**dicts[0], "x_norm_clstoken": z_inv[0][:, 0], "x_norm_patchtokens": z_inv[0][:, 1:]}
+        if with_z_equi:  # (B, N, d_equi) of the first dict
+            first["eqcoh_z_equi_patchtokens"] = z_equi[: sizes[0]].view(*tokens[0].shape[:2], -1)[:, 1:]
+        local_dicts = [
+            {**{k: v for k, v in d.items() if k != "x_norm_patchtokens"}, "x_norm_clstoken": zi[:, 0]}
+            for d, zi in zip(dicts[1:], z_inv[1:])
+        ]
+        return [first, *local_dicts] if isinstance(output, list) else first
 
     def _student_backbone_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
-        output = self._apply_eqcoh_head(self.student, output)
+        output = self._apply_eqcoh_head(self.student, output, with_z_equi=True)
         first = output[0] if isinstance(output, list) else output  # the multi-crop forward lists global crops first
         if isinstance(first, dict):
             # keep the very tensor that is in the output: under FSDP the backbone registers its pre-backward hook
@@ -195,7 +210,7 @@ class EqCohMetaArch(SSLMetaArch):
         return output
 
     def _teacher_backbone_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
-        return self._apply_eqcoh_head(self.teacher, output)
+        return self._apply_eqcoh_head(self.teacher, output, with_z_equi=False)  # z_inv only
 
     # ------------------------------------------------------------------------------------------ losses
 

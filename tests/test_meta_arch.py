@@ -145,6 +145,56 @@ def test_separate_ibot_head_reads_z_inv_too():
     assert torch.isfinite(loss_dict["ibot_loss"]) and torch.isfinite(loss_dict["eqcoh_recon_loss"])
 
 
+def test_eqcoh_head_projects_only_the_tokens_that_are_read():
+    """Student: CLS + patches of the 2B global crops, CLS only of the local crops; teacher: z_inv rows only."""
+    cfg = eqcoh_cfg()
+    model = build(cfg)
+    batch = eqcoh_batch(cfg)
+    calls = {"student": [], "teacher": []}
+    for side in calls:
+        model_dict = getattr(model, side)
+        model_dict["eqcoh_head"].register_forward_hook(
+            lambda m, args, kwargs, out, _side=side: calls[_side].append((args[0].shape[0], out[0].shape[-1], out[1])),
+            with_kwargs=True,
+        )
+    model.forward_backward(batch, teacher_temp=0.07)
+
+    B, n_local = cfg.train.batch_size_per_gpu, cfg.crops.local_crops_number
+    n_patches = (cfg.crops.global_crops_size // cfg.student.patch_size) ** 2
+    d_inv = cfg.eqcoh.d_patch - cfg.eqcoh.d_equi
+    global_tokens = 2 * B * (1 + n_patches)
+    (student_tokens, student_width, student_z_equi), = calls["student"]
+    assert student_tokens == global_tokens + n_local * B  # not n_local·B·(1 + N_local)
+    assert student_width == d_inv and student_z_equi.shape == (student_tokens, cfg.eqcoh.d_equi)
+    (teacher_tokens, teacher_width, teacher_z_equi), = calls["teacher"]
+    assert teacher_tokens == global_tokens and teacher_width == d_inv and teacher_z_equi is None
+
+
+def test_local_crops_keep_only_their_cls_token_and_the_teacher_has_no_z_equi():
+    cfg = eqcoh_cfg()
+    model = build(cfg)
+    batch = eqcoh_batch(cfg)
+    d_inv, d_equi = cfg.eqcoh.d_patch - cfg.eqcoh.d_equi, cfg.eqcoh.d_equi
+    crops = batch["collated_global_crops"]
+    with torch.no_grad():
+        global_out, local_out = model.student.backbone([crops, batch["collated_local_crops"]],
+                                                       masks=[batch["collated_masks"], None], is_training=True)
+        teacher_out = model.teacher.backbone(crops, is_training=True)
+    assert global_out["x_norm_patchtokens"].shape[-1] == d_inv
+    assert global_out["eqcoh_z_equi_patchtokens"].shape[-1] == d_equi
+    # the local crops' patch tokens were not projected: the key is gone rather than left embed_dim-wide
+    assert local_out["x_norm_clstoken"].shape == (cfg.crops.local_crops_number * 4, d_inv)
+    assert "x_norm_patchtokens" not in local_out and "eqcoh_z_equi_patchtokens" not in local_out
+    # the teacher gets z_inv only, and it is the z_inv rows of the full projection
+    assert "eqcoh_z_equi_patchtokens" not in teacher_out
+    assert teacher_out["x_norm_patchtokens"].shape[-1] == d_inv
+    head = model.teacher["eqcoh_head"]
+    x = torch.randn(10, model.embed_dim)
+    z_inv, z_equi = head(x, with_z_equi=False)
+    assert z_equi is None
+    torch.testing.assert_close(z_inv, head(x)[0])
+
+
 def test_recon_loss_alone_reaches_backbone_head_and_decoders_but_not_dino_head():
     cfg = eqcoh_cfg("student.drop_path_rate=0")
     model = build(cfg)
