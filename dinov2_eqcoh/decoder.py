@@ -17,15 +17,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-UPSAMPLING_STAGES = 4  # four ×2 stages: a grid of G/16 cells becomes G pixels for patch size 16
+UPSAMPLING_STAGES = 4  # four (upsampling, conv) stages; the convolutions run at G/8, G/4, G/2 and G pixels
 
 
 class ReconstructionDecoder(nn.Module):
-    """One decoder D_k: per-token Linear(d_in -> C), token grid, 4 × (×2 upsampling, conv3x3, GELU) -> RGB image.
+    """One decoder D_k: per-token Linear(d_in -> C), token grid, 4 × (upsampling, conv3x3, GELU) -> RGB image.
 
     Channels go C -> C/2 -> C/4 -> C/8 -> 3; the last convolution has no activation (the targets are normalised
-    pixels, unbounded). There is no normalisation layer at all (DINOv2's FSDP set-up refuses BatchNorm). When the
-    grid side times 16 is not the crop size (patch size ≠ 16), the output is resized bilinearly to the crop size.
+    pixels, unbounded). There is no normalisation layer at all (DINOv2's FSDP set-up refuses BatchNorm).
+
+    Resolutions: the first upsampling takes the G/p token grid straight to G/8, then three ×2 upsamplings land
+    exactly on the crop size G. For patch size 16 the first step is the paper's ×2 (G/16 -> G/8); for any other p
+    the four convolutions still run at G/8, G/4, G/2 and G, so the decoder does the work of the paper's patch-16
+    setting and needs no final resize (e.g. 224/14: 16 -> 28 -> 56 -> 112 -> 224). This departs from METHOD.md's
+    project default "resize at the end when the patch size is not 16", which would decode 16·G/p px (256 for
+    224/14) and resize. Only when G is not a multiple of 8 (e.g. DINOv2's 518 px crops) the grid goes to ⌈G/8⌉,
+    the decoder ends at 8·⌈G/8⌉ and a final bilinear resize to G follows.
 
     Args:
         d_in: Channels per token of the input, 2·d_equi for [z_equi(v1); z_equi(v2)].
@@ -42,14 +49,17 @@ class ReconstructionDecoder(nn.Module):
             raise ValueError(f"crop size {img_size} is not divisible by the patch size {patch_size}")
         self.grid_size = img_size // patch_size
         self.img_size = img_size
+        first_size = -(-img_size // 2 ** (UPSAMPLING_STAGES - 1))  # ⌈G/8⌉: G/8 when G is a multiple of 8
         self.embed = nn.Linear(d_in, dim)
         widths = [dim, dim // 2, dim // 4, dim // 8, 3]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers += [
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                nn.Conv2d(c_in, c_out, 3, 1, 1),
-            ]
+            upsample = (
+                nn.Upsample(size=first_size, mode="bilinear", align_corners=False)  # G/p -> G/8
+                if i == 0
+                else nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            )
+            layers += [upsample, nn.Conv2d(c_in, c_out, 3, 1, 1)]
             if i < UPSAMPLING_STAGES - 1:
                 layers.append(nn.GELU())
         self.convs = nn.Sequential(*layers)
@@ -69,7 +79,7 @@ class ReconstructionDecoder(nn.Module):
             raise ValueError(f"expected {h * h} patch tokens ({h}x{h} grid), got {n}")
         x = self.embed(z)  # (B, N, C)
         x = x.transpose(1, 2).reshape(b, -1, h, h)  # (B, C, G/p, G/p)
-        x = self.convs(x)  # (B, 3, 16·G/p, 16·G/p)
+        x = self.convs(x)  # (B, 3, G, G); (B, 3, 8·⌈G/8⌉, 8·⌈G/8⌉) when G is not a multiple of 8
         if x.shape[-1] != self.img_size:
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
         return x  # (B, 3, G, G)

@@ -82,6 +82,52 @@ def test_decoder_architecture_and_bad_sizes():
         dec(torch.randn(2, 15, 32))
 
 
+def _conv_sizes(decoder, z):
+    """Side of the input and of the output of each conv of `decoder` on z, and the decoder's output."""
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, args, out: sizes.append((args[0].shape[-1], out.shape[-1])))
+             for m in decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    out = decoder(z)
+    for h in hooks:
+        h.remove()
+    return sizes, out
+
+
+@pytest.mark.parametrize("patch_size,img_size", [(14, 224), (14, 56), (16, 64), (8, 32)])
+def test_decoder_convs_run_at_g_over_8_up_to_g_with_no_final_resize(patch_size, img_size):
+    """The grid goes straight to G/8, then ×2 three times: the last conv already outputs the crop size G."""
+    from dinov2_eqcoh.decoder import ReconstructionDecoder
+
+    dec = ReconstructionDecoder(d_in=8, dim=16, patch_size=patch_size, img_size=img_size)
+    sizes, out = _conv_sizes(dec, torch.randn(2, (img_size // patch_size) ** 2, 8))
+    G = img_size
+    assert sizes == [(G // 8, G // 8), (G // 4, G // 4), (G // 2, G // 2), (G, G)]
+    assert out.shape == (2, 3, G, G)
+
+
+def test_decoder_resizes_at_the_end_only_when_g_is_not_a_multiple_of_8():
+    from dinov2_eqcoh.decoder import ReconstructionDecoder
+
+    dec = ReconstructionDecoder(d_in=8, dim=16, patch_size=14, img_size=28)  # 2x2 grid, G/8 = 3.5
+    sizes, out = _conv_sizes(dec, torch.randn(2, 4, 8))
+    assert [s for _, s in sizes] == [4, 8, 16, 32]  # ⌈G/8⌉ = 4, then ×2 three times
+    assert out.shape == (2, 3, 28, 28)
+
+
+def test_patch_16_decoder_is_four_x2_stages():
+    """For p = 16 the first upsampling (G/16 -> G/8) is the paper's ×2: the same output as four ×2 stages."""
+    from dinov2_eqcoh.decoder import ReconstructionDecoder
+
+    dec = ReconstructionDecoder(d_in=8, dim=16, patch_size=16, img_size=64)
+    z = torch.randn(2, 16, 8)
+    x = dec.embed(z).transpose(1, 2).reshape(2, 16, 4, 4)
+    convs = [m for m in dec.convs if isinstance(m, torch.nn.Conv2d)]
+    for i, conv in enumerate(convs):
+        x = conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        x = F.gelu(x) if i < 3 else x
+    assert torch.equal(dec(z), x)
+
+
 # ---------------------------------------------------------------------------------------------- meta-arch
 
 
