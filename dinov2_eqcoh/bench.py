@@ -23,7 +23,9 @@ same config, batch and seed for both models:
 3. Augmentation throughput per data-loader worker (one process, `torch.set_num_threads(1)`): samples per second of
    DINOv2's `DataAugmentationDINO` + `collate_data_and_cast` against the plugin's `build_data_transform(cfg)` +
    `build_collate_fn(cfg, torch.half)` (as `do_train` builds them), on the same pre-rendered images of the built-in
-   `Synthetic` dataset, with the same `random`/`torch`/`numpy` seed for both, alternating batch by batch.
+   `Synthetic` dataset, with the same `random`/`torch`/`numpy` seed for both, alternating batch by batch. The
+   plugin's worker only draws θ; v2 = g_θ(u) and the targets u_k are rendered on the training device inside
+   `EqCohMetaArch.forward_backward`, so that work counts in the step time (and the peak memory), not here.
 
 Also reported, independent of machine load: parameter counts, and the matmul/conv/attention FLOPs of one
 `forward_backward` of each model (counted with `torch.utils.flop_counter` on the meta device, so the vitl16 preset

@@ -17,6 +17,7 @@ from dinov2.train.ssl_meta_arch import SSLMetaArch
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
+from dinov2_eqcoh.data.augmentation import eqcoh_pipeline_active, render_views
 from dinov2_eqcoh.decoder import EqCohDecoders
 
 logger = logging.getLogger("dinov2.eqcoh")
@@ -65,9 +66,13 @@ class EqCohHead(nn.Module):
 class EqCohMetaArch(SSLMetaArch):
     """SSLMetaArch with an eqcoh head, K reconstruction decoders D_k and L = L_SSL + λ·L_recon [0].
 
-    What differs from DINOv2's SSLMetaArch (all but the last two only when λ = `eqcoh.loss_weight` > 0; with
-    λ = 0 nothing is built or hooked and training is SSLMetaArch's):
+    What differs from DINOv2's SSLMetaArch (all but the first and the last two only when λ = `eqcoh.loss_weight`
+    > 0; with λ = 0 nothing is built or hooked):
 
+    - `forward_backward` first renders v2 = g_θ(u) and, when λ > 0, the targets u_1..u_K for the whole batch on the
+      model's device (`render_second_view`), whenever the plugin's data pipeline is on (λ > 0 or
+      `eqcoh.apply_to_view`): the data-loader workers deliver u and θ only. λ = 0 with `apply_to_view` true is the
+      "DINOv2 + g" baseline; λ = 0 with `apply_to_view` false is SSLMetaArch exactly.
     - `student/teacher["eqcoh_head"]`: `EqCohHead`, Linear(embed_dim -> d_patch) on the backbone output tokens
       that are read (CLS and patches of the global crops, CLS of the student's local crops), split
       [z_inv (d_inv = d_patch - d_equi), z_equi (d_equi)]; the teacher computes the z_inv rows only.
@@ -80,7 +85,7 @@ class EqCohMetaArch(SSLMetaArch):
       hook adds `eqcoh_z_equi_patchtokens` and keeps the global crops' z_equi patch tokens (2B, N, d_equi) for the
       loss. So SSLMetaArch's own `forward_backward` runs unchanged on z_inv.
     - `backprop_loss` adds λ·L_recon, L_recon = (1/K)·Σ_k MSE(D_k([z_equi(v1); z_equi(v2)]), u_k), with v1 the
-      first B global crops and v2 the last B, and u_k the batch's `eqcoh_targets[k]`; `forward_backward` returns
+      first B global crops and v2 the last B, and u_k the rendered targets; `forward_backward` returns
       DINOv2's loss dict plus `eqcoh_recon_loss` (unweighted, detached).
     - `eqcoh.extra_unmasked_pass: true` takes z_equi from an extra student forward of the unmasked global crops
       instead of the iBOT-masked one.
@@ -113,9 +118,11 @@ class EqCohMetaArch(SSLMetaArch):
         eq = cfg.eqcoh
         self.eqcoh_loss_weight = float(eq.loss_weight)
         self.do_eqcoh = self.eqcoh_loss_weight > 0
+        self.eqcoh_render = eqcoh_pipeline_active(cfg)  # the batches carry u and θ: render v2 (and u_k) here
         logger.info("OPTIONS -- EQCOH")
         if not self.do_eqcoh:
-            logger.info("OPTIONS -- EQCOH -- loss_weight 0: vanilla DINOv2, nothing added")
+            what = f"DINOv2 on v2 = g_θ(u), g = {eq.transform}" if self.eqcoh_render else "vanilla DINOv2"
+            logger.info(f"OPTIONS -- EQCOH -- loss_weight 0: {what}, nothing added")
             return
         for key in ("loss_weight", "n_intermediate", "d_patch", "d_equi", "transform", "apply_to_view"):
             logger.info(f"OPTIONS -- EQCOH -- {key}: {eq[key]}")
@@ -150,7 +157,8 @@ class EqCohMetaArch(SSLMetaArch):
         # The hooks sit on the backbones themselves: FSDP calls the module it wraps, so they fire under FSDP too.
         self.student.backbone.register_forward_hook(self._student_backbone_hook)
         self.teacher.backbone.register_forward_hook(self._teacher_backbone_hook)
-        self._eqcoh_images: dict[str, Any] | None = None  # the batch of the running forward_backward
+        self._eqcoh_images: dict[str, Any] | None = None  # the (rendered) batch of the running forward_backward
+        self._eqcoh_targets: torch.Tensor | None = None  # (K, B, 3, G, G) u_k of that batch
         self._eqcoh_z_equi: torch.Tensor | None = None  # (2B, N, d_equi) of the last student global forward
         self._eqcoh_recon_loss: torch.Tensor | None = None
 
@@ -229,35 +237,52 @@ class EqCohMetaArch(SSLMetaArch):
         targets = targets.to(recon.device, non_blocking=True).float()
         if targets.shape != recon.shape:
             raise ValueError(
-                f"eqcoh_targets has shape {tuple(targets.shape)}, expected (K, B, 3, G, G) = {tuple(recon.shape)} "
+                f"the targets u_k have shape {tuple(targets.shape)}, expected (K, B, 3, G, G) = {tuple(recon.shape)} "
                 f"(eqcoh.n_intermediate, batch, crops.global_crops_size)"
             )
         return F.mse_loss(recon.float(), targets)
 
-    def forward_backward(self, images: dict[str, Any], teacher_temp: float) -> dict[str, torch.Tensor]:
-        """DINOv2's forward_backward on z_inv, with λ·L_recon added before the backward pass.
+    @torch.no_grad()
+    def render_second_view(self, images: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """Render v2 = g_θ(u) into the batch, and the targets u_k, on the model's device (one batched call).
 
         Args:
-            images: DINOv2's collated batch plus `eqcoh_targets` (K, B, 3, G, G).
+            images: the plugin's collated batch: `collated_global_crops` (2B, 3, G, G) = [v1; u], `eqcoh_theta`
+                (B, P).
+
+        Returns:
+            A new batch dict whose `collated_global_crops` is [v1; v2] (2B, 3, G, G) on the model's device, in the
+            crops' dtype (the caller's batch is not modified); and the targets (K, B, 3, G, G) float32, or None
+            when λ = 0. See `dinov2_eqcoh.data.augmentation.render_views`.
+        """
+        device = self.student.backbone.cls_token.device  # where SSLMetaArch.forward_backward puts the crops
+        v2, targets = render_views(images, self.cfg, device)
+        crops = images["collated_global_crops"]
+        v1 = crops[: crops.shape[0] // 2].to(device, non_blocking=True)
+        return {**images, "collated_global_crops": torch.cat([v1, v2])}, targets
+
+    def forward_backward(self, images: dict[str, Any], teacher_temp: float) -> dict[str, torch.Tensor]:
+        """Render v2 (and u_k), then DINOv2's forward_backward on z_inv, with λ·L_recon added before the backward.
+
+        Args:
+            images: DINOv2's collated batch; from the plugin's collate (λ > 0 or `apply_to_view`) with u as the
+                second global crop and `eqcoh_theta` (B, P).
             teacher_temp: Teacher softmax temperature.
 
         Returns:
             DINOv2's loss dict, plus `eqcoh_recon_loss` when λ > 0.
         """
+        targets = None
+        if self.eqcoh_render:
+            images, targets = self.render_second_view(images)
         if not self.do_eqcoh:
             return super().forward_backward(images, teacher_temp)
-        if "eqcoh_targets" not in images:
-            raise KeyError(
-                "the batch has no 'eqcoh_targets' (K, B, 3, G, G) although eqcoh.loss_weight > 0: set "
-                "train.data_transform / train.collate_fn to dinov2_eqcoh.data.augmentation:build_data_transform / "
-                "dinov2_eqcoh.data.collate:build_collate_fn (the plugin defaults)"
-            )
-        self._eqcoh_images = images
+        self._eqcoh_images, self._eqcoh_targets = images, targets
         try:
             loss_dict = super().forward_backward(images, teacher_temp)
             loss_dict["eqcoh_recon_loss"] = self._eqcoh_recon_loss
         finally:  # drop the references to the batch and the graph
-            self._eqcoh_images = self._eqcoh_z_equi = self._eqcoh_recon_loss = None
+            self._eqcoh_images = self._eqcoh_targets = self._eqcoh_z_equi = self._eqcoh_recon_loss = None
         return loss_dict
 
     def backprop_loss(self, loss: torch.Tensor) -> None:
@@ -266,7 +291,7 @@ class EqCohMetaArch(SSLMetaArch):
             if self.eqcoh_extra_unmasked_pass:  # the hook stores z_equi of this unmasked forward
                 global_crops = self._eqcoh_images["collated_global_crops"]
                 self.student.backbone(global_crops.to(self._eqcoh_z_equi.device), is_training=True)
-            recon_loss = self.reconstruction_loss(self._eqcoh_z_equi, self._eqcoh_images["eqcoh_targets"])
+            recon_loss = self.reconstruction_loss(self._eqcoh_z_equi, self._eqcoh_targets)
             self._eqcoh_recon_loss = recon_loss.detach()
             loss = loss + self.eqcoh_loss_weight * recon_loss
         super().backprop_loss(loss)

@@ -1,4 +1,5 @@
-"""The method's augmentation and collate against DINOv2's own DataAugmentationDINO and collate_data_and_cast.
+"""The method's augmentation and collate against DINOv2's own DataAugmentationDINO and collate_data_and_cast, and
+`render_views`, which renders v2 = g_θ(u) and the targets u_k of a collated batch.
 
 Configs come from `dinov2_eqcoh.config.load_default_config()` (DINOv2's defaults + the plugin's `eqcoh` block) with
 small crops; images from the built-in Synthetic dataset.
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf
 
 from dinov2_eqcoh import transforms as T
 from dinov2_eqcoh.config import load_default_config
-from dinov2_eqcoh.data.augmentation import DataAugmentationEqCoh, build_data_transform
+from dinov2_eqcoh.data.augmentation import DataAugmentationEqCoh, build_data_transform, render_views
 from dinov2_eqcoh.data.collate import build_collate_fn, collate_eqcoh
 from dinov2_eqcoh.data.datasets import SyntheticGlyphs
 
@@ -60,10 +61,10 @@ def test_vanilla_when_off():
     assert set(out) == {"global_crops", "global_crops_teacher", "local_crops", "offsets"}
 
 
-@pytest.mark.parametrize("apply_to_view", [True, False])
 @pytest.mark.parametrize("name", ["se2", "color"])
-def test_crops_are_dinov2s_and_v2_targets_are_g_of_u(name, apply_to_view):
-    cfg = make_cfg(transform=name, apply_to_view=apply_to_view, n_intermediate=2)
+def test_worker_output_is_dinov2s_plus_theta(name):
+    """The worker renders nothing: its crops (u as the second global crop) are DINOv2's, and θ is added."""
+    cfg = make_cfg(transform=name, n_intermediate=2)
     aug = build_data_transform(cfg)
     assert isinstance(aug, DataAugmentationEqCoh)
     dino = dinov2_build_data_transform(cfg)
@@ -71,36 +72,50 @@ def test_crops_are_dinov2s_and_v2_targets_are_g_of_u(name, apply_to_view):
     ours, ref = run_augmentation(aug, imgs, seed=11), run_augmentation(dino, imgs, seed=11)
     thetas = set()
     for o, r in zip(ours, ref):  # the whole stream: θ draws do not disturb DINOv2's RNG consumption
-        v1, u = r["global_crops"]
-        assert torch.equal(o["global_crops"][0], v1)
+        assert set(o) == set(r) | {"eqcoh_theta"}
+        assert all(torch.equal(a, b) for a, b in zip(o["global_crops"], r["global_crops"]))  # [v1, u]
+        assert all(torch.equal(a, b) for a, b in zip(o["global_crops_teacher"], r["global_crops_teacher"]))
         assert len(o["local_crops"]) == len(r["local_crops"]) == 2
         assert all(torch.equal(a, b) for a, b in zip(o["local_crops"], r["local_crops"]))
         theta = o["eqcoh_theta"]
         assert theta.shape == (T.theta_dim(name),) and theta.dtype == torch.float32
         thetas.add(tuple(theta.tolist()))
-        states = T.render(u, name, T.path_thetas(theta, 2))  # u_1, u_2, g_θ(u)
-        v2 = o["global_crops"][1]
-        if apply_to_view:
-            torch.testing.assert_close(v2, states[-1])
-            assert not torch.allclose(v2, u)
-        else:
-            assert torch.equal(v2, u)
-        assert o["global_crops_teacher"][0] is o["global_crops"][0] and o["global_crops_teacher"][1] is v2
-        assert o["eqcoh_targets"].shape == (2, 3, 32, 32)
-        torch.testing.assert_close(o["eqcoh_targets"], states[:2])
     assert len(thetas) == 3  # a fresh θ per image
+
+
+@pytest.mark.parametrize("apply_to_view", [True, False])
+@pytest.mark.parametrize("name", ["se2", "color", "blur"])
+def test_render_views_gives_v2_and_targets_g_of_u(name, apply_to_view):
+    K, B = 2, 3
+    cfg = make_cfg(transform=name, apply_to_view=apply_to_view, n_intermediate=K)
+    aug = build_data_transform(cfg)
+    batch = build_collate_fn(cfg, torch.float32)([(aug(img), ()) for img in images(B)])
+    crops_before = batch["collated_global_crops"].clone()
+    v2, targets = render_views(batch, cfg)
+    u = crops_before[B:]
+    for b in range(B):
+        states = T.render(u[b], name, T.path_thetas(batch["eqcoh_theta"][b], K))  # u_1, u_2, g_θ(u), per image
+        if apply_to_view:
+            torch.testing.assert_close(v2[b], states[-1])
+        else:
+            assert torch.equal(v2[b], u[b])
+        torch.testing.assert_close(targets[:, b], states[:K])
+    if apply_to_view:
+        assert not torch.allclose(v2, u)
+    assert torch.equal(batch["collated_global_crops"], crops_before)  # the batch is left as it is
 
 
 def test_view_only_baseline_has_no_targets():
     cfg = make_cfg(loss_weight=0.0, apply_to_view=True, transform="rotation")
     aug = build_data_transform(cfg)
     (out,) = run_augmentation(aug, images(1), seed=2)
-    assert "eqcoh_targets" not in out and out["eqcoh_theta"].shape == (1,)
-    (ref,) = run_augmentation(dinov2_build_data_transform(cfg), images(1), seed=2)
-    u = ref["global_crops"][1]
-    torch.testing.assert_close(out["global_crops"][1], T.render(u, "rotation", out["eqcoh_theta"][None])[0])
+    assert out["eqcoh_theta"].shape == (1,)
     batch = build_collate_fn(cfg, torch.float32)([(out, ())])
-    assert "eqcoh_targets" not in batch and batch["eqcoh_theta"].shape == (1, 1)
+    assert batch["eqcoh_theta"].shape == (1, 1)
+    v2, targets = render_views(batch, cfg)
+    assert targets is None
+    u = out["global_crops"][1]
+    torch.testing.assert_close(v2, T.render(u, "rotation", out["eqcoh_theta"][None]))  # (1, 3, G, G)
 
 
 @pytest.mark.parametrize("K", [1, 2, 3])
@@ -111,19 +126,17 @@ def test_shapes_and_dtypes(K, G, patch, local, dtype):
     cfg = make_cfg(G=G, patch=patch, local=local, n_intermediate=K, transform="se2")
     aug, collate = build_data_transform(cfg), build_collate_fn(cfg, dtype)
     samples = [(aug(img), ()) for img in images(B)]
-    assert samples[0][0]["eqcoh_targets"].shape == (K, 3, G, G)
-    assert samples[0][0]["eqcoh_targets"].dtype == torch.float32
     batch = collate(samples)
     assert batch["collated_global_crops"].shape == (2 * B, 3, G, G)
     assert batch["collated_local_crops"].shape == (2 * B, 3, local, local)
     assert batch["collated_masks"].shape == (2 * B, (G // patch) ** 2)
-    assert batch["eqcoh_targets"].shape == (K, B, 3, G, G) and batch["eqcoh_targets"].dtype == dtype
     assert batch["eqcoh_theta"].shape == (B, 3) and batch["eqcoh_theta"].dtype == torch.float32
-    for b, (sample, _) in enumerate(samples):  # (K, B, ...) layout: batch k holds u_k of every image
-        for k in range(K):
-            assert torch.equal(batch["eqcoh_targets"][k, b], sample["eqcoh_targets"][k].to(dtype))
+    for b, (sample, _) in enumerate(samples):
         assert torch.equal(batch["eqcoh_theta"][b], sample["eqcoh_theta"])
-        assert torch.equal(batch["collated_global_crops"][B + b], sample["global_crops"][1].to(dtype))
+        assert torch.equal(batch["collated_global_crops"][B + b], sample["global_crops"][1].to(dtype))  # u
+    v2, targets = render_views(batch, cfg)
+    assert v2.shape == (B, 3, G, G) and v2.dtype == dtype  # cast back to the crops' dtype
+    assert targets.shape == (K, B, 3, G, G) and targets.dtype == torch.float32  # rendered in fp32
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -137,7 +150,7 @@ def test_collate_shared_keys_equal_dinov2s(seed):
     ours = ours_fn(samples)
     random.seed(seed)
     ref = ref_fn(samples)
-    assert set(ours) == set(ref) | {"eqcoh_targets", "eqcoh_theta"}
+    assert set(ours) == set(ref) | {"eqcoh_theta"}
     for key, value in ref.items():
         if isinstance(value, torch.Tensor):
             assert value.dtype == ours[key].dtype and torch.equal(value, ours[key]), key
@@ -150,8 +163,8 @@ def test_collate_rejects_mixed_samples():
     cfg = make_cfg()
     aug = build_data_transform(cfg)
     a, b = aug(images(1)[0]), aug(images(1)[0])
-    del b["eqcoh_targets"]
-    with pytest.raises(ValueError, match="eqcoh_targets"):
+    del b["eqcoh_theta"]
+    with pytest.raises(ValueError, match="eqcoh_theta"):
         build_collate_fn(cfg, torch.float32)([(a, ()), (b, ())])
 
 
@@ -187,8 +200,13 @@ def test_errors_name_the_key():
     assert "'shear'" in str(info.value) and all(n in str(info.value) for n in T.TRANSFORMS)
     with pytest.raises(ValueError, match=r"eqcoh\.ranges\.rotation"):
         build_data_transform(make_cfg(ranges={"rotation": [45.0, -45.0]}))
+    cfg = make_cfg()
+    batch = build_collate_fn(cfg, torch.float32)([(build_data_transform(cfg)(img), ()) for img in images(2)])
     with pytest.raises(ValueError, match="n_intermediate"):
-        build_data_transform(make_cfg(n_intermediate=0))
+        render_views(batch, make_cfg(n_intermediate=0))
+    del batch["eqcoh_theta"]
+    with pytest.raises(KeyError, match="eqcoh_theta"):
+        render_views(batch, cfg)
     vanilla = OmegaConf.create(dinov2_default_config)  # DINOv2's config without the plugin's defaults
     with pytest.raises(ValueError, match="'eqcoh' block"):
         build_collate_fn(vanilla, torch.half)
@@ -201,5 +219,4 @@ def test_options_are_logged(caplog):
         build_data_transform(make_cfg(transform="se2", n_intermediate=3))
     text = caplog.text
     assert "OPTIONS -- EQCOH -- transform: se2" in text
-    assert "OPTIONS -- EQCOH -- n_intermediate (K): 3" in text
     assert "OPTIONS -- EQCOH -- ranges.rotation: [-45.0, 45.0]" in text

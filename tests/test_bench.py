@@ -51,7 +51,9 @@ def test_tiny_preset_end_to_end_writes_the_documented_json(tmp_path):
     for name in bench.MODELS:
         assert aug[name]["samples_per_s_median"] == pytest.approx(4 / aug[name]["median_s"])
     assert aug["ratio"] == pytest.approx(aug["eqcoh"]["samples_per_s_median"] / aug["dinov2"]["samples_per_s_median"])
-    assert "eqcoh_targets" in aug["eqcoh"]["batch_keys"] and "eqcoh_targets" not in aug["dinov2"]["batch_keys"]
+    # the worker delivers θ; v2 and the targets u_k are rendered in the step, on the training device
+    assert "eqcoh_theta" in aug["eqcoh"]["batch_keys"] and "eqcoh_theta" not in aug["dinov2"]["batch_keys"]
+    assert "eqcoh_targets" not in aug["eqcoh"]["batch_keys"]
 
     fl = report["flops"]  # counted on the meta device: deterministic, so the method's extra modules must show up
     assert fl["eqcoh"]["total"] > fl["dinov2"]["total"] > 0
@@ -106,7 +108,8 @@ def test_augmentation_alternates_the_two_pipelines_batch_by_batch(monkeypatch):
     cfg = bench.build_bench_cfg("tiny")
     result = bench.measure_augmentation(cfg, bench.render_images(cfg, 8, 48), rounds=2, warmup=1, batch_size=4, seed=0)
 
-    dino, eq = ["DataAugmentationDINO"] * 4, ["DataAugmentationEqCoh"] * 4
+    # the plugin's augmentation calls DINOv2's (for the crops) and adds θ
+    dino, eq = ["DataAugmentationDINO"] * 4, ["DataAugmentationEqCoh", "DataAugmentationDINO"] * 4
     assert calls == dino + eq + eq + dino + dino + eq  # one warm-up round, then 2 timed rounds, ABBA
     assert result["order"] == ["eqcoh", "dinov2", "dinov2", "eqcoh"]
     assert result["eqcoh"]["samples_per_s_median"] > 0 and result["dinov2"]["samples_per_s_median"] > 0

@@ -32,6 +32,15 @@ def eqcoh_batch(cfg, seed=0):
     return build_collate_fn(cfg, torch.float32)([ds[i] for i in range(cfg.train.batch_size_per_gpu)])
 
 
+def rendered(cfg, batch):
+    """[v1; v2] (2B, 3, G, G) and the targets u_k (K, B, 3, G, G) of a batch, as forward_backward renders them."""
+    from dinov2_eqcoh.data.augmentation import render_views
+
+    v2, targets = render_views(batch, cfg)
+    crops = batch["collated_global_crops"]
+    return torch.cat([crops[: crops.shape[0] // 2], v2]), targets
+
+
 def build(cfg, seed=0):
     from dinov2_eqcoh.meta_arch import EqCohMetaArch
 
@@ -142,7 +151,7 @@ def test_forward_backward_shapes_for_k_and_patch_size(n_intermediate, patch_size
     )
     model = build(cfg)
     batch = eqcoh_batch(cfg)
-    assert batch["eqcoh_targets"].shape == (n_intermediate, 4, 3, global_size, global_size)
+    assert rendered(cfg, batch)[1].shape == (n_intermediate, 4, 3, global_size, global_size)
     seen = {}
     decoders = model.student["eqcoh_decoders"]
     decoders.register_forward_hook(lambda m, args, out: seen.update(inp=args[0], out=out))
@@ -245,13 +254,13 @@ def test_recon_loss_alone_reaches_backbone_head_and_decoders_but_not_dino_head()
     cfg = eqcoh_cfg("student.drop_path_rate=0")
     model = build(cfg)
     batch = eqcoh_batch(cfg)
-    crops = batch["collated_global_crops"]
+    crops, targets = rendered(cfg, batch)
     # the student's multi-crop forward, exactly as SSLMetaArch calls it; the hook keeps z_equi of the global crops
     model.student.backbone([crops, batch["collated_local_crops"]], masks=[batch["collated_masks"], None],
                            is_training=True)
     z_equi = model._eqcoh_z_equi
     assert z_equi.shape == (crops.shape[0], (32 // 8) ** 2, cfg.eqcoh.d_equi)
-    model.reconstruction_loss(z_equi, batch["eqcoh_targets"]).backward()
+    model.reconstruction_loss(z_equi, targets).backward()
 
     def has_grad(module):
         return [p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()]
@@ -272,14 +281,14 @@ def test_recon_loss_is_mean_over_k_of_pixel_mse_between_d_k_of_v1_v2_and_u_k():
     model = build(cfg)
     batch = eqcoh_batch(cfg)
     z_equi = torch.randn(8, 16, cfg.eqcoh.d_equi)  # (2B, N, d_equi): v1 = first 4, v2 = last 4
-    targets = batch["eqcoh_targets"]  # (K, B, 3, G, G)
+    targets = rendered(cfg, batch)[1]  # (K, B, 3, G, G)
     loss = model.reconstruction_loss(z_equi, targets)
     z = torch.cat([z_equi[:4], z_equi[4:]], dim=-1)
     expected = sum(F.mse_loss(d_k(z), u_k) for d_k, u_k in zip(model.student["eqcoh_decoders"], targets)) / 3
     assert torch.allclose(loss, expected, rtol=1e-6, atol=0)
     swapped = torch.cat([z_equi[4:], z_equi[:4]])  # v1 and v2 exchanged: a different input for D_k
     assert not torch.allclose(model.reconstruction_loss(swapped, targets), loss)
-    with pytest.raises(ValueError, match="eqcoh_targets has shape"):
+    with pytest.raises(ValueError, match="targets u_k have shape"):
         model.reconstruction_loss(z_equi, targets[:2])
 
 
@@ -287,7 +296,7 @@ def test_recon_loss_is_zero_when_each_d_k_returns_u_k():
     cfg = eqcoh_cfg()
     model = build(cfg)
     batch = eqcoh_batch(cfg)
-    targets = batch["eqcoh_targets"].float()
+    targets = rendered(cfg, batch)[1]
     decoders = list(model.student["eqcoh_decoders"])
 
     # Deliberate stand-in: each D_k's forward is replaced by one that returns its own target u_k (plus a zero that
@@ -372,18 +381,60 @@ def test_extra_unmasked_pass_takes_z_equi_from_the_unmasked_global_crops():
     original = model.reconstruction_loss
     model.reconstruction_loss = lambda z, t: (used.update(z=z.detach().clone()), original(z, t))[1]  # spy only
     model.forward_backward(batch, teacher_temp=0.07)
+    crops = rendered(cfg, batch)[0]  # [v1; v2]
     with torch.no_grad():
-        unmasked = model.student.backbone(batch["collated_global_crops"], is_training=True)
-        masked = model.student.backbone(batch["collated_global_crops"], masks=batch["collated_masks"],
-                                        is_training=True)
+        unmasked = model.student.backbone(crops, is_training=True)
+        masked = model.student.backbone(crops, masks=batch["collated_masks"], is_training=True)
     assert torch.allclose(used["z"], unmasked["eqcoh_z_equi_patchtokens"], atol=1e-6)
     assert not torch.allclose(used["z"], masked["eqcoh_z_equi_patchtokens"], atol=1e-4)
 
 
-def test_missing_targets_is_a_clear_error():
+def test_forward_backward_renders_v2_and_the_targets_from_u_and_theta():
+    """The batch carries u and θ; the model sees v2 = g_θ(u) and learns to reconstruct u_k = g_{θ_k}(u)."""
+    from dinov2_eqcoh import transforms as T
+
+    cfg = eqcoh_cfg("eqcoh.n_intermediate=3")
+    model = build(cfg)
+    batch = eqcoh_batch(cfg)
+    crops_before = batch["collated_global_crops"].clone()
+    seen = {}
+    model.teacher.backbone.register_forward_pre_hook(lambda m, args: seen.update(crops=args[0].clone()))
+    original = model.reconstruction_loss
+    model.reconstruction_loss = lambda z, t: (seen.update(targets=t.clone()), original(z, t))[1]  # spy only
+    model.forward_backward(batch, teacher_temp=0.07)
+
+    v1, u = crops_before.chunk(2)
+    states = T.render(u, "se2", T.path_thetas(batch["eqcoh_theta"], 3))  # (B, K+1, 3, G, G): u_1..u_3, g_θ(u)
+    torch.testing.assert_close(seen["crops"], torch.cat([v1, states[:, -1]]))
+    assert not torch.allclose(seen["crops"][4:], u)
+    torch.testing.assert_close(seen["targets"], states[:, :3].transpose(0, 1))
+    assert seen["targets"].dtype == torch.float32
+    assert torch.equal(batch["collated_global_crops"], crops_before)  # the caller's batch still holds u
+
+
+def test_view_only_baseline_renders_v2_and_adds_nothing():
+    """λ = 0 with apply_to_view: "DINOv2 + g" — DINOv2's modules and losses, on v2 = g_θ(u) rendered by the model."""
+    from dinov2_eqcoh import transforms as T
+
+    cfg = eqcoh_cfg("eqcoh.loss_weight=0", "eqcoh.apply_to_view=true", "eqcoh.transform=rotation")
+    model = build(cfg)
+    assert list(model.student.keys()) == ["backbone", "dino_head"] and not model.student.backbone._forward_hooks
+    batch = eqcoh_batch(cfg)
+    seen = {}
+    model.teacher.backbone.register_forward_pre_hook(lambda m, args: seen.update(crops=args[0].clone()))
+    loss_dict = model.forward_backward(batch, teacher_temp=0.07)
+    assert set(loss_dict) == {"dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss"}
+    v1, u = batch["collated_global_crops"].chunk(2)
+    torch.testing.assert_close(seen["crops"], torch.cat([v1, T.render(u, "rotation", batch["eqcoh_theta"])]))
+    assert not torch.allclose(seen["crops"][4:], u)
+    with pytest.raises(KeyError, match="eqcoh_theta"):
+        model.forward_backward(dinov2_batch(cfg), teacher_temp=0.07)
+
+
+def test_missing_theta_is_a_clear_error():
     cfg = eqcoh_cfg()
     model = build(cfg)
-    with pytest.raises(KeyError, match="eqcoh_targets"):
+    with pytest.raises(KeyError, match="eqcoh_theta"):
         model.forward_backward(dinov2_batch(cfg), teacher_temp=0.07)
 
 

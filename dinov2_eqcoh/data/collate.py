@@ -1,8 +1,10 @@
-"""The method's collate: DINOv2's `collate_data_and_cast`, called unchanged, plus the per-sample eqcoh tensors.
+"""The method's collate: DINOv2's `collate_data_and_cast`, called unchanged, plus θ.
 
-DINOv2's collate drops every key of the augmentation dict it does not know (DINOV2_INTEGRATION.md §2), so the
-targets u_k and θ are stacked here, after DINOv2's own function has produced the crops and the iBOT masks (it is the
-only consumer of the `random` stream, so the masks are DINOv2's under the same seed).
+DINOv2's collate drops every key of the augmentation dict it does not know (DINOV2_INTEGRATION.md §2), so θ is
+stacked here, after DINOv2's own function has produced the crops and the iBOT masks (it is the only consumer of the
+`random` stream, so the masks are DINOv2's under the same seed). The second half of `collated_global_crops` is u:
+v2 = g_θ(u) and the targets u_k are rendered on the training device by
+`dinov2_eqcoh.data.augmentation.render_views`.
 
 `build_collate_fn(cfg, dtype)` is the `train.collate_fn` seam: DINOv2's own partial when the plugin's data pipeline
 is off (`eqcoh.loss_weight: 0`, `eqcoh.apply_to_view: false`), else the same partial around `collate_eqcoh`.
@@ -18,28 +20,20 @@ from dinov2.data.collate import collate_data_and_cast
 from dinov2_eqcoh.data.augmentation import eqcoh_pipeline_active
 
 
-def _stack_key(samples_list, key, dim=0):
-    """Stack sample[0][key] over the batch along `dim`; None when no sample has it; an error when only some have it."""
-    present = [key in s[0] for s in samples_list]
-    if not any(present):
-        return None
-    if not all(present):
-        raise ValueError(f"collate_eqcoh: {sum(present)} of {len(present)} samples carry {key!r}; all or none must")
-    return torch.stack([s[0][key] for s in samples_list], dim=dim)
-
-
 def collate_eqcoh(samples_list, mask_ratio_tuple, mask_probability, dtype, n_tokens=None, mask_generator=None):
-    """DINOv2's `collate_data_and_cast` plus the eqcoh keys.
+    """DINOv2's `collate_data_and_cast` plus θ.
 
     Args:
         samples_list: B samples `(augmentation dict, target)` from `DataAugmentationEqCoh`.
         mask_ratio_tuple, mask_probability, dtype, n_tokens, mask_generator: as `collate_data_and_cast`.
 
     Returns:
-        `collate_data_and_cast`'s dict (collated_global_crops (2B, 3, G, G) with v1 first then v2, ...) plus
-        `eqcoh_targets` (K, B, 3, G, G) cast to `dtype` (when the samples carry targets) and
-        `eqcoh_theta` (B, P) float32 (when they carry θ).
+        `collate_data_and_cast`'s dict (collated_global_crops (2B, 3, G, G) with v1 first, then u; ...) plus
+        `eqcoh_theta` (B, P) float32.
     """
+    missing = sum("eqcoh_theta" not in s[0] for s in samples_list)
+    if missing:
+        raise ValueError(f"collate_eqcoh: {missing} of {len(samples_list)} samples carry no 'eqcoh_theta'")
     collated = collate_data_and_cast(
         samples_list,
         mask_ratio_tuple=mask_ratio_tuple,
@@ -48,12 +42,7 @@ def collate_eqcoh(samples_list, mask_ratio_tuple, mask_probability, dtype, n_tok
         n_tokens=n_tokens,
         mask_generator=mask_generator,
     )
-    targets = _stack_key(samples_list, "eqcoh_targets", dim=1)  # (K, B, 3, G, G): u_k batches, one copy
-    if targets is not None:
-        collated["eqcoh_targets"] = targets.to(dtype)
-    theta = _stack_key(samples_list, "eqcoh_theta")  # (B, P)
-    if theta is not None:
-        collated["eqcoh_theta"] = theta.to(torch.float32)
+    collated["eqcoh_theta"] = torch.stack([s[0]["eqcoh_theta"] for s in samples_list]).to(torch.float32)  # (B, P)
     return collated
 
 
