@@ -83,7 +83,7 @@ def evaluate_model(name: str, run_dir: Path, args) -> dict:
     print(f"[demo] evaluating {name}: equivariance ({', '.join(R2_TASKS)}) on {args.eval_images} held-out images",
           flush=True)
     eq = evaluate_equivariance(backbone, eval_ds, tasks=R2_TASKS, features=(args.features,),
-                               n_train=args.eval_images * 2 // 3, n_test=args.eval_images // 3,
+                               n_train=args.eval_images - args.eval_images // 3, n_test=args.eval_images // 3,
                                epochs=args.probe_epochs, seed=0)
     print(f"[demo] evaluating {name}: k-NN and linear probe", flush=True)
     train_ds, test_ds = split_dataset(eval_ds, test_fraction=1 / 3, seed=0)
@@ -111,7 +111,7 @@ def reconstruction_grid(run_dir: Path, path: Path, n: int = 6) -> None:
 
     from dinov2_eqcoh.checkpoints import load_checkpoint_file
     from dinov2_eqcoh.config import load_config
-    from dinov2_eqcoh.data.augmentation import build_data_transform
+    from dinov2_eqcoh.data.augmentation import build_data_transform, render_views
     from dinov2_eqcoh.data.collate import build_collate_fn
     from dinov2_eqcoh.data.datasets import make_dataset
     from dinov2_eqcoh.meta_arch import EqCohMetaArch
@@ -125,11 +125,11 @@ def reconstruction_grid(run_dir: Path, path: Path, n: int = 6) -> None:
     ds = make_dataset(dataset_str=f"Synthetic:n={n}:size={size + 8}:classes=10:seed=2",
                       transform=build_data_transform(cfg))
     batch = build_collate_fn(cfg, torch.float32)([ds[i] for i in range(n)])
-    crops = batch["collated_global_crops"]  # (2n, 3, G, G): v1 then v2
+    v2, targets = render_views(batch, cfg)  # v2 = g_θ(u) (n, 3, G, G), targets u_k (K, n, 3, G, G)
+    crops = torch.cat([batch["collated_global_crops"][:n], v2])  # (2n, 3, G, G): v1 then v2
     out = model.student.backbone(crops, is_training=True)  # the hook adds z_equi
     z1, z2 = out["eqcoh_z_equi_patchtokens"].chunk(2)
     pred = model.student["eqcoh_decoders"](torch.cat([z1, z2], dim=-1))  # (K, n, 3, G, G)
-    targets = batch["eqcoh_targets"]  # (K, n, 3, G, G)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     K = targets.shape[0]
@@ -210,8 +210,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="out/demo", help="where runs, report.md/json and PNGs go (default out/demo)")
     p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"))
     p.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
-    p.add_argument("--eval-images", type=int, default=1200, help="held-out images for the probes (2/3 fit, 1/3 score)")
-    p.add_argument("--probe-epochs", type=int, default=40)
+    p.add_argument("--eval-images", type=int, default=3000, help="held-out images for the probes (2/3 fit, 1/3 score)")
+    p.add_argument("--probe-epochs", type=int, default=100, help="at most this many epochs of the R² probe (early-stopped)")
     p.add_argument("--features", default="concat", choices=("cls", "avgpool", "concat"),
                    help="frozen features for the equivariance probe (concat = CLS and average-pooled patches)")
     p.add_argument("--skip-training", action="store_true", help="reuse the runs already in --output-dir")

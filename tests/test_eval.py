@@ -16,7 +16,7 @@ import torch
 from helpers import PYTHON, run
 from torch import nn
 
-from dinov2_eqcoh.eval.equivariance import evaluate_equivariance, r2_score
+from dinov2_eqcoh.eval.equivariance import evaluate_equivariance, fit_theta_probe, r2_score
 from dinov2_eqcoh.eval.invariance import evaluate_invariance, evaluate_invariance_features
 
 SIZE = 32
@@ -199,3 +199,19 @@ def test_equivariance_and_invariance_entry_points(random_vit_test, tmp_path):
 
     bad = run([PYTHON, "-m", "dinov2_eqcoh.eval.equivariance", *common, "--image-size", "30"], check=False)
     assert bad.returncode != 0 and "--image-size 30 must be a positive multiple of the patch size 8" in bad.stdout
+
+
+def test_probe_early_stopping_keeps_noise_near_zero():
+    """Pairs of pure noise: a 1024-wide probe trained to the end memorises them (held-out R² well below 0);
+    early stopping on the held-back tenth keeps the weights of an early epoch (R² about 0)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1300, 64, generator=gen), torch.randn(1300, 1, generator=gen)
+    memorised = fit_theta_probe(x[:1000], y[:1000], x[1000:], y[1000:], epochs=40, patience=None, device="cpu")
+    stopped = fit_theta_probe(x[:1000], y[:1000], x[1000:], y[1000:], epochs=40, patience=5, device="cpu")
+    assert memorised["r2"] < -0.2 and memorised["epochs_run"] == 40, memorised
+    assert stopped["r2"] > -0.05 and stopped["best_epoch"] < 10 and stopped["epochs_run"] < 40, stopped
+
+
+def test_probe_rejects_bad_validation_fraction():
+    with pytest.raises(ValueError, match="val_fraction"):
+        fit_theta_probe(torch.zeros(4, 2), torch.zeros(4, 1), torch.zeros(2, 2), torch.zeros(2, 1), val_fraction=1.0)

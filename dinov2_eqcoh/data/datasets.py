@@ -1,10 +1,11 @@
 """Datasets selectable through DINOv2's `train.dataset_path` strings (`Name:key=value:...`).
 
-- `Synthetic:n=<images>:size=<px>:classes=<C>:seed=<s>`: the built-in dataset, no download. Procedural images
-  whose class is the identity of an asymmetric glyph (and its colour scheme), drawn at a random orientation,
-  position and scale on a textured, non-symmetric background. Deterministic by (seed, index), any resolution.
-  Rotation and position of the content are identifiable (no glyph is rotation-symmetric), so both invariant
-  (class) and equivariant (angle, position) information can be learned from it.
+- `Synthetic:n=<images>:size=<px>:classes=<C>:seed=<s>`: the built-in dataset, no download. Procedural scenes
+  with a canonical "up" like photographs (sky above a horizon, ground below, a sun) and one upright asymmetric glyph
+  whose identity (and colour scheme) is the class, at a random position and scale. Deterministic by (seed, index),
+  any resolution. Rotation and position of the content are identifiable from the image (no glyph is
+  rotation-symmetric, and the scene has an up), so both invariant (class) and equivariant (angle, position)
+  information can be learned from it.
 - `ImageFolder:root=<dir>[:max_bad_fraction=<0..1>]`: a user's own images, `root/<class>/<image>` as in
   torchvision (or a flat folder, one class). An unreadable image is skipped (the next readable one is used), logged
   and counted; the run stops when more than `max_bad_fraction` (default 0.01) of the loads fail.
@@ -61,10 +62,15 @@ PALETTES = [  # (glyph colour, accent colour)
 class SyntheticGlyphs:
     """The built-in procedural dataset. Class c = glyph c % 10 with palette c // 10 (up to 30 classes).
 
-    Each image: a two-colour linear gradient background at a random angle with a few soft blobs, one large
-    glyph (the class) at a random angle in [0, 360), position and scale, with a small accent dot on one of
-    its arms (which also breaks mirror symmetry), and a few small distractor discs.
+    Scenes have a canonical "up", as natural photographs do (a rotation of the image is then identifiable from the
+    image itself, which the paper's rotation task relies on): a light sky above a darker ground, split by a horizon
+    at a random height tilted by at most ±4°, a sun disc in the sky, one large upright glyph (the class; tilted by
+    at most ±10°) at a random position and scale, with a small accent dot on one of its arms, and a few small
+    distractor discs. Colours are random around the class palette, so the class is the glyph's shape.
     """
+
+    MAX_GLYPH_TILT = 10.0  # degrees
+    MAX_HORIZON_TILT = 4.0  # degrees
 
     def __init__(self, n=2000, size=224, classes=10, seed=0, transform=None, target_transform=None):
         if not 1 <= classes <= len(GLYPHS) * len(PALETTES):
@@ -89,24 +95,27 @@ class SyntheticGlyphs:
         rng = np.random.default_rng([self.seed, index])
         label = self.get_target(index)
         s = self.size
-        # background: gradient between two random dull colours along a random direction, plus soft blobs
-        c0, c1 = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
-        a = rng.uniform(0, 2 * math.pi)
-        yy, xx = np.mgrid[0:s, 0:s] / max(s - 1, 1)
-        t = np.clip((np.cos(a) * (xx - 0.5) + np.sin(a) * (yy - 0.5)) + 0.5, 0, 1)[..., None]
-        bg = (1 - t) * c0 + t * c1
-        img = Image.fromarray(bg.astype(np.uint8))
+        # sky (light, top) and ground (darker, bottom), split by a slightly tilted horizon at a random height
+        sky_top, sky_low = rng.uniform([110, 150, 200], [190, 220, 255]), rng.uniform([170, 190, 210], [235, 240, 255])
+        ground_near, ground_far = rng.uniform([40, 50, 20], [110, 120, 60]), rng.uniform([80, 100, 40], [150, 160, 90])
+        horizon = rng.uniform(0.55, 0.78) * s
+        slope = math.tan(math.radians(rng.uniform(-self.MAX_HORIZON_TILT, self.MAX_HORIZON_TILT)))
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
+        line = horizon + slope * (xx - s / 2)  # the horizon's y at every column
+        t_sky = np.clip(yy / np.maximum(line, 1), 0, 1)[..., None]
+        t_ground = np.clip((yy - line) / np.maximum(s - line, 1), 0, 1)[..., None]
+        sky = (1 - t_sky) * sky_top + t_sky * sky_low
+        ground = (1 - t_ground) * ground_far + t_ground * ground_near
+        img = Image.fromarray(np.where((yy < line)[..., None], sky, ground).astype(np.uint8))
         draw = ImageDraw.Draw(img)
-        for _ in range(3):
-            cx, cy, r = rng.uniform(0, s), rng.uniform(0, s), rng.uniform(0.05, 0.15) * s
-            col = tuple(int(v) for v in rng.uniform(60, 180, 3))
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
-        # the glyph: class identity; random rotation, scale, position (kept inside the image)
+        cx, cy, r = rng.uniform(0.1, 0.9) * s, rng.uniform(0.06, 0.25) * s, rng.uniform(0.04, 0.07) * s  # the sun
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(int(v) for v in rng.uniform([235, 200, 60], [255, 240, 140])))
+        # the glyph: class identity; upright up to a small tilt, random scale and position (kept inside the image)
         glyph = np.asarray(self._glyphs[label % len(self._glyphs)], dtype=np.float64)
         colour, accent = PALETTES[(label // len(self._glyphs)) % len(PALETTES)]
         jitter = rng.uniform(-25, 25, 3)
         colour = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(colour, jitter))
-        phi = rng.uniform(0, 2 * math.pi)
+        phi = math.radians(rng.uniform(-self.MAX_GLYPH_TILT, self.MAX_GLYPH_TILT))
         scale = rng.uniform(0.22, 0.32) * s
         centre = rng.uniform(0.35, 0.65, 2) * s
         rot = np.array([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]])
