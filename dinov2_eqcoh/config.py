@@ -136,6 +136,36 @@ def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def _check_meta_arch_renders_views(cfg: DictConfig) -> None:
+    """The plugin's workers deliver u and θ; only EqCohMetaArch renders v2 = g_θ(u) and u_k on the device.
+
+    With the plugin's data pipeline on (λ > 0 or apply_to_view) and another meta-architecture, training would
+    silently run on u without g: refuse that pairing.
+    """
+    from dinov2.train.ssl_meta_arch import SSLMetaArch
+    from dinov2.utils.config import resolve_component
+
+    from dinov2_eqcoh.data.augmentation import build_data_transform, eqcoh_pipeline_active
+    from dinov2_eqcoh.meta_arch import EqCohMetaArch
+
+    train = cfg.get("train", {})
+    try:
+        transform = resolve_component(train.get("data_transform", ""), None)
+        meta_arch = resolve_component(train.get("meta_arch", ""), SSLMetaArch)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if transform is build_data_transform and eqcoh_pipeline_active(cfg) and not (
+        isinstance(meta_arch, type) and issubclass(meta_arch, EqCohMetaArch)
+    ):
+        _fail(
+            "train.meta_arch",
+            train.get("meta_arch", ""),
+            "must be dinov2_eqcoh.meta_arch:EqCohMetaArch (or a subclass) while the plugin's data pipeline is on "
+            "(eqcoh.loss_weight > 0 or eqcoh.apply_to_view): its workers deliver u and θ, and EqCohMetaArch renders "
+            "v2 = g_θ(u) on the training device; for vanilla DINOv2 set eqcoh.loss_weight=0 eqcoh.apply_to_view=false",
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the `eqcoh` values and the crop/patch sizes; raise ConfigError naming the key and the allowed range."""
     from dinov2_eqcoh.transforms import TRANSFORMS, check_ranges
@@ -172,6 +202,7 @@ def validate(cfg: DictConfig) -> None:
                 "sharded too (SHARD_GRAD_OP or FULL_SHARD) or both NO_SHARD, since DINOv2's EMA update pairs the "
                 "student's and the teacher's (sharded or whole) flat parameters",
             )
+    _check_meta_arch_renders_views(cfg)
     p = cfg.student.patch_size
     for key in ("global_crops_size", "local_crops_size"):
         size = cfg.crops[key]

@@ -121,6 +121,8 @@ def test_misspelt_key_in_a_file_names_the_file(tmp_path):
          "compute_precision.teacher.eqcoh_decoders.sharding_strategy", "student.eqcoh_decoders.sharding_strategy is"),
         ("compute_precision.student.backbone.sharding_strategy=NO_SHARD",
          "compute_precision.teacher.backbone.sharding_strategy", "must be sharded too"),
+        ("train.meta_arch=dinov2.train.ssl_meta_arch:SSLMetaArch", "train.meta_arch", "EqCohMetaArch renders"),
+        ("train.meta_arch=", "train.meta_arch", "set eqcoh.loss_weight=0 eqcoh.apply_to_view=false"),
     ],
 )
 def test_invalid_value_names_key_and_allowed_range(opt, key, allowed):
@@ -130,6 +132,11 @@ def test_invalid_value_names_key_and_allowed_range(opt, key, allowed):
         load(TINY, opt)
     message = str(err.value)
     assert message.startswith(key + " = ") and allowed in message, message
+
+
+def test_vanilla_meta_arch_is_fine_when_the_pipeline_is_off():
+    cfg = load(TINY, "train.meta_arch=", "eqcoh.loss_weight=0", "eqcoh.apply_to_view=false")
+    assert not cfg.train.meta_arch  # DINOv2's SSLMetaArch
 
 
 def test_valid_edge_values_pass():
