@@ -10,7 +10,7 @@ from helpers import PYTHON, run
 def test_demo_writes_the_documented_report(tmp_path):
     out = tmp_path / "demo"
     proc = run([PYTHON, "-m", "dinov2_eqcoh.demo", "--output-dir", out, "--config-file", "configs/tiny/eqcoh_cpu.yaml",
-                "--eval-images", "60", "--probe-epochs", "2"], timeout=600)
+                "--eval-images", "60", "--class-images", "90", "--probe-epochs", "2"], timeout=600)
     assert "report.md" in proc.stdout  # it says where the results are
     report = json.loads((out / "report.json").read_text())
     assert list(report["models"]) == ["dinov2", "dinov2_aug", "eqcoh"]
@@ -28,3 +28,5 @@ def test_demo_writes_the_documented_report(tmp_path):
     for picture in ("r2_bars.png", "reconstructions.png"):
         assert (out / picture).stat().st_size > 1000
     assert "| eqcoh |" in (out / "report.md").read_text()
+    assert report["settings"]["class_images"] == 90 and report["settings"]["eval_images"] == 60
+    assert "EqCoh against each baseline" in (out / "report.md").read_text()
