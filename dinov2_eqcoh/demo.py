@@ -274,7 +274,8 @@ def main(argv=None) -> int:
         "total_seconds": time.time() - t0,
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=1))
-    command = "make demo" if not argv else "python -m dinov2_eqcoh.demo " + " ".join(argv)
+    cli = list(argv) if argv is not None else sys.argv[1:]  # `make demo` runs it with --output-dir $(DEMO_OUT)
+    command = " ".join(["python -m dinov2_eqcoh.demo", *cli])
     write_report(report, output_dir, command)
     print(f"[demo] done in {report['total_seconds'] / 60:.1f} min. Report: {output_dir / 'report.md'}, "
           f"{output_dir / 'report.json'}; pictures: {output_dir / 'r2_bars.png'}, {output_dir / 'reconstructions.png'}",

@@ -30,3 +30,4 @@ def test_demo_writes_the_documented_report(tmp_path):
     assert "| eqcoh |" in (out / "report.md").read_text()
     assert report["settings"]["class_images"] == 90 and report["settings"]["eval_images"] == 60
     assert "EqCoh against each baseline" in (out / "report.md").read_text()
+    assert f"Command: `python -m dinov2_eqcoh.demo --output-dir {out} " in (out / "report.md").read_text()
