@@ -114,10 +114,11 @@ def reconstruction_grid(run_dir: Path, path: Path, n: int = 6) -> None:
 
     from dinov2_eqcoh.checkpoints import load_checkpoint_file
     from dinov2_eqcoh.config import load_config
-    from dinov2_eqcoh.data.augmentation import build_data_transform, render_views
+    from dinov2_eqcoh.data.augmentation import build_data_transform
     from dinov2_eqcoh.data.collate import build_collate_fn
     from dinov2_eqcoh.data.datasets import make_dataset
     from dinov2_eqcoh.meta_arch import EqCohMetaArch
+    from dinov2_eqcoh.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     cfg = load_config(run_dir / "config.yaml")
     model = EqCohMetaArch(cfg)
@@ -128,13 +129,13 @@ def reconstruction_grid(run_dir: Path, path: Path, n: int = 6) -> None:
     ds = make_dataset(dataset_str=f"Synthetic:n={n}:size={size + 8}:classes=10:seed=2",
                       transform=build_data_transform(cfg))
     batch = build_collate_fn(cfg, torch.float32)([ds[i] for i in range(n)])
-    v2, targets = render_views(batch, cfg)  # v2 = g_θ(u) (n, 3, G, G), targets u_k (K, n, 3, G, G)
-    crops = torch.cat([batch["collated_global_crops"][:n], v2])  # (2n, 3, G, G): v1 then v2
+    images, targets = model.render_second_view(batch)  # as in training: [v1; v2 = g_θ(u)], targets u_k (K, n, 3, G, G)
+    crops = images["collated_global_crops"]  # (2n, 3, G, G): v1 then v2
     out = model.student.backbone(crops, is_training=True)  # the hook adds z_equi
     z1, z2 = out["eqcoh_z_equi_patchtokens"].chunk(2)
     pred = model.student["eqcoh_decoders"](torch.cat([z1, z2], dim=-1))  # (K, n, 3, G, G)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
     K = targets.shape[0]
     cols = [("v1", crops[:n]), ("v2 = g_θ(u)", crops[n:])]
     for k in range(K):

@@ -140,19 +140,19 @@ def fit_theta_probe(
     best = {"val_mse": float("inf"), "train_mse": float("nan"), "best_epoch": 0, "state": None}
     epoch = 0
     for epoch in range(1, epochs + 1):
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: no host sync per batch
         for idx in torch.randperm(n, generator=gen).split(batch_size):
             idx = idx.to(device)
             loss = nn.functional.mse_loss(probe(x_fit[idx]), y_fit[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * idx.numel()
+            total += loss.detach() * idx.numel()
         with torch.no_grad():
             val_mse = nn.functional.mse_loss(probe(x_val), y_val).item()
         if val_mse < best["val_mse"] or patience is None:
             state = {k: v.detach().clone() for k, v in probe.state_dict().items()}
-            best = {"val_mse": val_mse, "train_mse": total / n, "best_epoch": epoch, "state": state}
+            best = {"val_mse": val_mse, "train_mse": total.item() / n, "best_epoch": epoch, "state": state}
         elif epoch - best["best_epoch"] >= patience:
             break
     probe.load_state_dict(best["state"])
