@@ -8,7 +8,10 @@ Trains three models of the same budget on the built-in dataset through DINOv2's 
 - `eqcoh`:      DINOv2 + EqCoh (λ 1, K 2, SE(2)),
 
 then probes each frozen teacher backbone: the paper's synthetic equivariance tasks (R² of θ regressed from the
-features of I and g(I), per g) and k-NN / linear classification (invariance), on held-out images. Writes
+features of I and g(I), per g) and k-NN / linear classification (invariance), on held-out images. The same probes
+run on an untrained backbone of the same architecture (the `reference` entry: what the probes read before any
+training), and each run's DINO loss at the end is reported against its uniform-solution value ln K (has the
+invariance term learned anything?). Writes
 `report.md`, `report.json`, `r2_bars.png` and `reconstructions.png` into the output folder.
 
     python -m dinov2_eqcoh.demo [--output-dir out/demo] [--config-file configs/demo/eqcoh_demo.yaml] [opts]
@@ -68,16 +71,12 @@ def train_model(name: str, config_file: Path, output_dir: Path, opts: list[str])
     return time.time() - start
 
 
-def evaluate_model(name: str, run_dir: Path, args) -> dict:
-    """Equivariance and invariance probes of one run's teacher backbone (from its final checkpoint)."""
-    from dinov2_eqcoh.checkpoints import load_backbone
+def probe_backbone(name: str, backbone, size: int, args) -> dict:
+    """Equivariance (R² per task) and invariance (k-NN, linear) probes of one frozen backbone on held-out images."""
     from dinov2_eqcoh.eval.equivariance import evaluate_equivariance
     from dinov2_eqcoh.eval.features import make_eval_dataset
     from dinov2_eqcoh.eval.invariance import evaluate_invariance, split_dataset
 
-    ckpt = run_dir / "model_final.rank_0.pth"
-    backbone, cfg = load_backbone(ckpt, config_file=run_dir / "config.yaml")
-    size = cfg.crops.global_crops_size
     # held-out images: the same generator with another seed than training's. The class probes need one forward
     # per image, so they get more images (a smaller standard error) than the R² probes, which need six per image
     n_images = max(args.eval_images, args.class_images)
@@ -93,15 +92,59 @@ def evaluate_model(name: str, run_dir: Path, args) -> dict:
     inv = evaluate_invariance(backbone, train_ds, test_ds, features=("cls",))
     r2 = dict(eq["r2"][args.features])
     return {
-        "description": DESCRIPTIONS[name],
         "r2": {t: r2[t] for t in (*R2_TASKS, "mean")},
         "knn_top1": inv["knn"]["cls"],
         "linear_top1": inv["linear"]["cls"],
-        "checkpoint": str(ckpt),
-        "teacher_checkpoints": sorted(str(p) for p in run_dir.glob("eval/*/teacher_checkpoint.pth")),
         "equivariance": eq,
         "invariance": inv,
     }
+
+
+def dino_loss_at_end(run_dir: Path, cfg, last: int = 10) -> dict:
+    """DINO's image-level (invariance) term at the end of training, against its uniform-solution value ln K.
+
+    DINOv2 logs `dino_local_crops_loss` and `dino_global_crops_loss` already divided by the number of crop pairs,
+    so their sum is the mean cross-entropy between teacher and student over all pairs: ln K (K = prototypes) when
+    both put equal mass on every prototype, i.e. when the term carries no information about the image. Mean of
+    the last `last` logged iterations of `training_metrics.json`.
+    """
+    import math
+
+    records = [json.loads(line) for line in (run_dir / "training_metrics.json").read_text().splitlines() if line.strip()]
+    tail = [r for r in records if "dino_local_crops_loss" in r and "dino_global_crops_loss" in r][-last:]
+    uniform = math.log(cfg.dino.head_n_prototypes)
+    if not tail:
+        return {"dino_loss_end": None, "dino_uniform": uniform}
+    end = sum(r["dino_local_crops_loss"] + r["dino_global_crops_loss"] for r in tail) / len(tail)
+    return {"dino_loss_end": end, "dino_uniform": uniform}
+
+
+def evaluate_model(name: str, run_dir: Path, args) -> dict:
+    """Probes of one run's teacher backbone (from its final checkpoint), plus where its DINO term ended."""
+    from dinov2_eqcoh.checkpoints import load_backbone
+
+    ckpt = run_dir / "model_final.rank_0.pth"
+    backbone, cfg = load_backbone(ckpt, config_file=run_dir / "config.yaml")
+    return {
+        "description": DESCRIPTIONS[name],
+        **probe_backbone(name, backbone, cfg.crops.global_crops_size, args),
+        **dino_loss_at_end(run_dir, cfg),
+        "checkpoint": str(ckpt),
+        "teacher_checkpoints": sorted(str(p) for p in run_dir.glob("eval/*/teacher_checkpoint.pth")),
+    }
+
+
+def evaluate_untrained(run_dir: Path, args) -> dict:
+    """The same probes on an untrained backbone of the run's architecture: what the probes read before training."""
+    from dinov2.models import build_model_from_cfg
+
+    from dinov2_eqcoh.config import load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)  # as DINOv2 seeds before it builds the model
+    backbone, _ = build_model_from_cfg(cfg, only_teacher=True)
+    return {"description": "untrained backbone, same architecture (reference)",
+            **probe_backbone("untrained", backbone, cfg.crops.global_crops_size, args)}
 
 
 @torch.no_grad()
@@ -168,7 +211,8 @@ def r2_bars(models: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for i, (name, m) in enumerate(models.items()):
         xs = [t + (i - (len(models) - 1) / 2) * width for t in range(len(tasks))]
-        bars = ax.bar(xs, [m["r2"][t] for t in tasks], width, label=f"{name}: {m['description']}")
+        bars = ax.bar(xs, [m["r2"][t] for t in tasks], width, label=f"{name}: {m['description']}",
+                      **({"color": "0.75", "hatch": "//"} if name == "untrained" else {}))
         ax.bar_label(bars, fmt="%.2f", fontsize=6)
     ax.set_xticks(range(len(tasks)), [f"R²({t})" if t != "mean" else "mean R²" for t in tasks])
     ax.set_ylim(min(0.0, min(m["r2"][t] for m in models.values() for t in tasks)), 1.05)
@@ -188,13 +232,17 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
         f"Command: `{command}`  ",
         f"Machine: {report['machine']}; total {report['total_seconds'] / 60:.1f} min.",
         "",
-        "| model | " + " | ".join(f"R²({t})" for t in R2_TASKS) + " | mean R² | k-NN top-1 | linear top-1 | train s |",
-        "|---|" + "---|" * (len(R2_TASKS) + 4),
+        "| model | " + " | ".join(f"R²({t})" for t in R2_TASKS)
+        + " | mean R² | k-NN top-1 | linear top-1 | DINO loss / ln K | train s |",
+        "|---|" + "---|" * (len(R2_TASKS) + 5),
     ]
-    for name, m in models.items():
+    rows = {**{f"{n} (reference)": m for n, m in report.get("reference", {}).items()}, **models}
+    for name, m in rows.items():
+        dino = f"{m['dino_loss_end'] / m['dino_uniform']:.3f}" if m.get("dino_loss_end") is not None else "–"
+        train = f"{m['train_seconds']:.0f}" if "train_seconds" in m else "–"
         lines.append(
             f"| {name} | " + " | ".join(f"{m['r2'][t]:.3f}" for t in R2_TASKS)
-            + f" | {m['r2']['mean']:.3f} | {100 * m['knn_top1']:.1f} | {100 * m['linear_top1']:.1f} | {m['train_seconds']:.0f} |"
+            + f" | {m['r2']['mean']:.3f} | {100 * m['knn_top1']:.1f} | {100 * m['linear_top1']:.1f} | {dino} | {train} |"
         )
     if "eqcoh" in models and len(models) > 1:
         e = models["eqcoh"]
@@ -213,6 +261,12 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
         "training); θ drawn from the paper's ranges; mean R² over rot, color, blur, trans as in the paper (se2 "
         f"reported, not averaged). k-NN (k 20) and linear probe on the CLS token, {report['settings']['class_images']} "
         "held-out images (2/3 reference/fit, 1/3 scored), 10 classes (chance 10 %).",
+        "",
+        "The untrained row probes a randomly initialised backbone of the same architecture: what the probes read "
+        "from the images before any training. DINO loss / ln K: DINOv2's image-level (cross-view, invariance) term, "
+        "mean of the last 10 iterations, over its value at the uniform solution (K prototypes, equal mass on each). "
+        "1.000 means that term carries no information about the image: the invariance the method is meant to "
+        "counter has not been learned, so the baselines cannot have lost the θ information the untrained network has.",
         "",
         "![R² bars](r2_bars.png)",
         "",
@@ -260,14 +314,18 @@ def main(argv=None) -> int:
         models[name]["train_seconds"] = train_seconds[name]
         r2 = models[name]["r2"]
         print(f"[demo] {name}: R²(rot) {r2['rot']:.3f}, mean R² {r2['mean']:.3f}, "
-              f"k-NN {100 * models[name]['knn_top1']:.1f} %, linear {100 * models[name]['linear_top1']:.1f} %", flush=True)
-    r2_bars(models, output_dir / "r2_bars.png")
+              f"k-NN {100 * models[name]['knn_top1']:.1f} %, linear {100 * models[name]['linear_top1']:.1f} %, "
+              f"DINO loss {models[name]['dino_loss_end']:.3f} (uniform: ln K = {models[name]['dino_uniform']:.3f})",
+              flush=True)
+    reference = {"untrained": evaluate_untrained(output_dir / names[0], args)}
+    r2_bars({**reference, **models}, output_dir / "r2_bars.png")
     if "eqcoh" in models:
         reconstruction_grid(output_dir / "eqcoh", output_dir / "reconstructions.png")
     import platform
 
     report = {
         "models": models,
+        "reference": reference,
         "settings": {"config_file": args.config_file, "opts": args.opts, "features": args.features,
                      "eval_images": args.eval_images, "class_images": args.class_images,
                      "probe_epochs": args.probe_epochs},

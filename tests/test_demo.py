@@ -1,9 +1,11 @@
 """`make demo` end to end at a toy budget: three runs through DINOv2's loop, probes, report files."""
 
 import json
+import math
 
 import pytest
 from helpers import PYTHON, run
+from omegaconf import OmegaConf
 
 
 @pytest.mark.slow
@@ -20,6 +22,9 @@ def test_demo_writes_the_documented_report(tmp_path):
         assert 0.0 <= m["knn_top1"] <= 1.0 and 0.0 <= m["linear_top1"] <= 1.0
         assert m["train_seconds"] > 0
         assert (out / name / "model_final.rank_0.pth").samefile(m["checkpoint"])
+        # where DINOv2's invariance term ended, against ln K of the run's own config (K = dino.head_n_prototypes)
+        k = OmegaConf.load(out / name / "config.yaml").dino.head_n_prototypes
+        assert m["dino_uniform"] == pytest.approx(math.log(k)) and m["dino_loss_end"] > 0
     # the three runs really differ in the method's switches (and only there)
     cfgs = {n: (out / n / "config.yaml").read_text() for n in report["models"]}
     assert "loss_weight: 0" in cfgs["dinov2"] and "apply_to_view: false" in cfgs["dinov2"]
@@ -28,6 +33,10 @@ def test_demo_writes_the_documented_report(tmp_path):
     for picture in ("r2_bars.png", "reconstructions.png"):
         assert (out / picture).stat().st_size > 1000
     assert "| eqcoh |" in (out / "report.md").read_text()
+    # the untrained reference: the same probes on a randomly initialised backbone, in the JSON, table and bars
+    ref = report["reference"]["untrained"]
+    assert set(ref["r2"]) == {"rot", "color", "blur", "trans", "se2", "mean"} and 0.0 <= ref["knn_top1"] <= 1.0
+    assert "| untrained (reference) |" in (out / "report.md").read_text()
     assert report["settings"]["class_images"] == 90 and report["settings"]["eval_images"] == 60
     assert "EqCoh against each baseline" in (out / "report.md").read_text()
     assert f"Command: `python -m dinov2_eqcoh.demo --output-dir {out} " in (out / "report.md").read_text()
