@@ -100,23 +100,23 @@ def probe_backbone(name: str, backbone, size: int, args) -> dict:
     }
 
 
-def dino_loss_at_end(run_dir: Path, cfg, last: int = 10) -> dict:
+def dino_loss_at_end(run_dir: Path, cfg) -> dict:
     """DINO's image-level (invariance) term at the end of training, against its uniform-solution value ln K.
 
     DINOv2 logs `dino_local_crops_loss` and `dino_global_crops_loss` already divided by the number of crop pairs,
     so their sum is the mean cross-entropy between teacher and student over all pairs: ln K (K = prototypes) when
-    both put equal mass on every prototype, i.e. when the term carries no information about the image. Mean of
-    the last `last` logged iterations of `training_metrics.json`.
+    both put equal mass on every prototype, i.e. when the term carries no information about the image. Read from
+    the last record of `training_metrics.json` (DINOv2 writes the median of the last 20 iterations every 10).
     """
     import math
 
     records = [json.loads(line) for line in (run_dir / "training_metrics.json").read_text().splitlines() if line.strip()]
-    tail = [r for r in records if "dino_local_crops_loss" in r and "dino_global_crops_loss" in r][-last:]
+    records = [r for r in records if "dino_local_crops_loss" in r and "dino_global_crops_loss" in r]
     uniform = math.log(cfg.dino.head_n_prototypes)
-    if not tail:
+    if not records:
         return {"dino_loss_end": None, "dino_uniform": uniform}
-    end = sum(r["dino_local_crops_loss"] + r["dino_global_crops_loss"] for r in tail) / len(tail)
-    return {"dino_loss_end": end, "dino_uniform": uniform}
+    last = records[-1]
+    return {"dino_loss_end": last["dino_local_crops_loss"] + last["dino_global_crops_loss"], "dino_uniform": uniform}
 
 
 def evaluate_model(name: str, run_dir: Path, args) -> dict:
@@ -264,7 +264,7 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
         "",
         "The untrained row probes a randomly initialised backbone of the same architecture: what the probes read "
         "from the images before any training. DINO loss / ln K: DINOv2's image-level (cross-view, invariance) term, "
-        "mean of the last 10 iterations, over its value at the uniform solution (K prototypes, equal mass on each). "
+        "median of the last 20 iterations, over its value at the uniform solution (K prototypes, equal mass on each). "
         "1.000 means that term carries no information about the image: the invariance the method is meant to "
         "counter has not been learned, so the baselines cannot have lost the θ information the untrained network has.",
         "",
@@ -300,6 +300,17 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; allowed: {', '.join(MODELS)}")
+    if not args.skip_training:
+        # DINOv2 resumes from a checkpoint it finds in --output-dir: a run of an earlier (other) config would be
+        # "continued" for zero iterations and reported as this one. Refuse before anything is trained.
+        stale = [output_dir / n for n in names
+                 if any((output_dir / n).glob("last_checkpoint*")) or any((output_dir / n).glob("model_*.pth"))]
+        if stale:
+            raise SystemExit(
+                f"[demo] {', '.join(map(str, stale))} already hold(s) a training run; DINOv2 would resume it instead "
+                "of training anew. Use another --output-dir (make demo DEMO_OUT=...), remove those folders, or pass "
+                "--skip-training to evaluate the finished runs there."
+            )
     t0 = time.time()
     train_seconds = {}
     for name in names:

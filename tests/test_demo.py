@@ -40,3 +40,16 @@ def test_demo_writes_the_documented_report(tmp_path):
     assert report["settings"]["class_images"] == 90 and report["settings"]["eval_images"] == 60
     assert "EqCoh against each baseline" in (out / "report.md").read_text()
     assert f"Command: `python -m dinov2_eqcoh.demo --output-dir {out} " in (out / "report.md").read_text()
+
+
+def test_demo_refuses_an_output_dir_with_an_earlier_run(tmp_path):
+    """DINOv2 would resume the old checkpoint (zero iterations) and the report would describe the wrong model."""
+    run_dir = tmp_path / "demo" / "dinov2_aug"
+    run_dir.mkdir(parents=True)
+    (run_dir / "last_checkpoint.rank_0").write_text("model_0000349.rank_0.pth")
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.demo", "--output-dir", tmp_path / "demo", "--config-file",
+                "configs/tiny/eqcoh_cpu.yaml"], check=False, timeout=120)
+    assert proc.returncode != 0
+    assert f"{run_dir} already hold(s) a training run" in proc.stdout
+    assert not (tmp_path / "demo" / "dinov2").exists()  # refused before any training
+    assert (run_dir / "last_checkpoint.rank_0").read_text() == "model_0000349.rank_0.pth"  # nothing lost
