@@ -208,7 +208,7 @@ def r2_bars(models: dict, path: Path) -> None:
 
     tasks = (*R2_TASKS, "mean")
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     for i, (name, m) in enumerate(models.items()):
         xs = [t + (i - (len(models) - 1) / 2) * width for t in range(len(tasks))]
         bars = ax.bar(xs, [m["r2"][t] for t in tasks], width, label=f"{name}: {m['description']}",
@@ -217,7 +217,7 @@ def r2_bars(models: dict, path: Path) -> None:
     ax.set_xticks(range(len(tasks)), [f"R²({t})" if t != "mean" else "mean R²" for t in tasks])
     ax.set_ylim(min(0.0, min(m["r2"][t] for m in models.values() for t in tasks)), 1.05)
     ax.set_ylabel("R² on held-out images")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     ax.set_title("Synthetic equivariance tasks: θ regressed from frozen features of (I, g(I))", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
