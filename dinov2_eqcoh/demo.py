@@ -141,7 +141,7 @@ def evaluate_untrained(run_dir: Path, args) -> dict:
     from dinov2_eqcoh.config import load_config
 
     cfg = load_config(run_dir / "config.yaml")
-    torch.manual_seed(cfg.train.seed)  # as DINOv2 seeds before it builds the model
+    torch.manual_seed(0)  # as DINOv2's default_setup before it builds the model (seed 0 + rank; it ignores train.seed)
     backbone, _ = build_model_from_cfg(cfg, only_teacher=True)
     return {"description": "untrained backbone, same architecture (reference)",
             **probe_backbone("untrained", backbone, cfg.crops.global_crops_size, args)}
