@@ -215,3 +215,24 @@ def test_probe_early_stopping_keeps_noise_near_zero():
 def test_probe_rejects_bad_validation_fraction():
     with pytest.raises(ValueError, match="val_fraction"):
         fit_theta_probe(torch.zeros(4, 2), torch.zeros(4, 1), torch.zeros(2, 2), torch.zeros(2, 1), val_fraction=1.0)
+
+
+def test_blur_task_sigma_is_in_pixels_of_the_probed_image():
+    """At 32 px the blur task renders σ = 2 px of the 32 px image (the paper's σ in probe pixels), not 2·32/224."""
+    import torchvision.transforms.functional as TF
+
+    from dinov2_eqcoh.eval.equivariance import blur_sigma_definition, render_theta
+    from dinov2_eqcoh.transforms import render
+
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, 32, 32)
+    theta = torch.tensor([[2.0]])
+    ours = render(image, "blur", render_theta("blur", theta, 32, "probe_px"))
+    reference = TF.gaussian_blur(image, kernel_size=13, sigma=2.0)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    # the old convention (σ at 224 px) leaves a 32 px image almost untouched: the task was unresolvable
+    old = render(image, "blur", render_theta("blur", theta, 32, "px_at_224"))
+    assert (old - image).abs().mean() < 0.25 * (ours - image).abs().mean()
+    # at 224 px both conventions are the paper's
+    assert torch.equal(render_theta("blur", theta, 224, "probe_px"), render_theta("blur", theta, 224, "px_at_224"))
+    assert "32 px probe image" in blur_sigma_definition("probe_px", 32)

@@ -16,8 +16,15 @@ fractions) weigh alike. The summary is the mean R² over the paper's tasks among
 trans; over all tasks run when none of them is). Outputs equivariance.json and equivariance.png.
 
 Tasks (θ as `dinov2_eqcoh.transforms`): rot [φ], φ ∈ [-45°, 45°]; color [b, c, s, h], b, c, s ∈ [-0.4, 0.4],
-h ∈ [-0.1, 0.1]; blur [σ], σ ∈ [0.1, 2] px at 224 px (scaled with the eval size); trans [t_x, t_y] ∈ ±10 px at
-224 px (as fractions of the crop); se2 = rot + trans. The paper's mean is over rot, color, blur, trans.
+h ∈ [-0.1, 0.1]; blur [σ], σ ∈ [0.1, 2] px of the probed image (see BLUR_SIGMA_UNITS); trans [t_x, t_y] ∈ ±10 px
+at 224 px (as fractions of the crop); se2 = rot + trans. The paper's mean is over rot, color, blur, trans.
+
+Blur σ. The paper probes at 224 px with σ ∈ [0.1, 2] px. Scaled to a 32 px probe image that range would be
+σ ≤ 0.29 px, which no encoder can resolve (R²(blur) ≈ 0 for every model, untrained included). By default
+(`blur_sigma_units="probe_px"`) σ is therefore in pixels of the image the probe sees, whatever its size: at 224 px
+that is exactly the paper's definition, at smaller sizes the blur is proportionally stronger and resolvable.
+`blur_sigma_units="px_at_224"` keeps σ in pixels at 224 px, scaled with the eval size (the training convention of
+`eqcoh.ranges.blur_sigma`).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from dinov2_eqcoh.eval.features import (
     progress,
     setup_cli_logging,
 )
-from dinov2_eqcoh.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, THETA_NAMES, render, sample_theta
+from dinov2_eqcoh.transforms import BLUR_REFERENCE_SIZE, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, THETA_NAMES, render, sample_theta
 
 logger = logging.getLogger("dinov2.eqcoh")
 
@@ -60,6 +67,29 @@ EVAL_RANGES = {
     "hue": (-0.1, 0.1),
     "blur_sigma": (0.1, 2.0),
 }
+# how the blur task's σ range is read (module docstring): pixels of the probed image, or pixels at 224 px
+BLUR_SIGMA_UNITS = ("probe_px", "px_at_224")
+
+
+def render_theta(task: str, theta: torch.Tensor, image_size: int, blur_sigma_units: str = "probe_px") -> torch.Tensor:
+    """θ as `transforms.render` reads it, from the θ the probe regresses: (N, P) -> (N, P).
+
+    Only blur differs: render() takes σ in pixels at 224 px and scales it by S/224, so σ in pixels of an S px probe
+    image is passed as σ·224/S.
+    """
+    if task == "blur" and blur_sigma_units == "probe_px":
+        return theta * (BLUR_REFERENCE_SIZE / image_size)
+    return theta
+
+
+def blur_sigma_definition(units: str, image_size: int) -> str:
+    """One sentence for reports: what σ of the blur task means at this probe size."""
+    lo, hi = EVAL_RANGES["blur_sigma"]
+    if units == "probe_px":
+        return (f"σ ∈ [{lo:g}, {hi:g}] px of the {image_size} px probe image (the paper's range in pixels of the "
+                "probed image; equal to the paper's definition at 224 px)")
+    return (f"σ ∈ [{lo:g}, {hi:g}] px at 224 px, i.e. [{lo * image_size / 224:.3g}, {hi * image_size / 224:.3g}] px "
+            f"of the {image_size} px probe image")
 
 
 def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -226,6 +256,7 @@ def evaluate_equivariance(
     device: torch.device | str | None = None,
     num_workers: int = 0,
     ranges: Mapping = EVAL_RANGES,
+    blur_sigma_units: str = "probe_px",
 ) -> dict:
     """R² of the θ-regression probe per task and feature kind (see the module docstring).
 
@@ -240,6 +271,7 @@ def evaluate_equivariance(
         batch_size, num_workers: feature extraction.
         seed: image subset, θ draws and probe initialisation.
         ranges: θ ranges (default: the paper's EVAL_RANGES).
+        blur_sigma_units: "probe_px" (σ in pixels of the probed image; default) or "px_at_224" (module docstring).
 
     Returns:
         {"r2": {kind: {task: R², ..., "mean": mean over the paper's tasks among `tasks`}}, "mean_tasks": [...],
@@ -248,6 +280,8 @@ def evaluate_equivariance(
     """
     tasks = parse_tasks(tasks)
     kinds = parse_feature_kinds(features)
+    if blur_sigma_units not in BLUR_SIGMA_UNITS:
+        raise ValueError(f"blur_sigma_units={blur_sigma_units!r}: allowed {', '.join(BLUR_SIGMA_UNITS)}")
     if n_train < 2 or n_test < 2:
         raise ValueError(f"n_train and n_test must be >= 2, got n_train={n_train}, n_test={n_test}")
     if n_train + n_test > len(dataset):
@@ -260,8 +294,11 @@ def evaluate_equivariance(
     indices = torch.randperm(len(dataset), generator=gen)[: n_train + n_test].tolist()
     thetas = {
         t: torch.stack([sample_theta(TASKS[t], ranges, gen) for _ in indices]) for t in tasks
-    }  # {task: (N, P)}
-    base, moved = equivariance_features(backbone, dataset, indices, thetas, kinds, batch_size, device, num_workers)
+    }  # {task: (N, P)}; the probe regresses these
+    image_size = int(image.shape[-1])
+    render_thetas = {t: render_theta(t, theta, image_size, blur_sigma_units) for t, theta in thetas.items()}
+    base, moved = equivariance_features(backbone, dataset, indices, render_thetas, kinds, batch_size, device,
+                                        num_workers)
 
     # the paper's mean is over rot, color, blur, trans; se2 (or any other extra task) is reported, not averaged
     mean_tasks = [t for t in tasks if t in PAPER_TASKS] or list(tasks)
@@ -294,7 +331,9 @@ def evaluate_equivariance(
         "epochs": epochs,
         "patience": patience,
         "best_epochs": best_epochs,
-        "image_size": int(image.shape[-1]),
+        "image_size": image_size,
+        "blur_sigma_units": blur_sigma_units,
+        "blur_sigma_definition": blur_sigma_definition(blur_sigma_units, image_size),
         "seed": seed,
     }
 
@@ -339,6 +378,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=100, help="at most this many probe epochs (default 100)")
     parser.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better validation MSE")
+    parser.add_argument("--blur-sigma-units", default="probe_px", choices=BLUR_SIGMA_UNITS,
+                        help="blur task: σ ∈ [0.1, 2] px of the probed image (probe_px, default; the paper's "
+                             "definition at 224 px) or px at 224 px scaled to the eval size (px_at_224)")
     return parser
 
 
@@ -351,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = evaluate_equivariance(
         backbone, dataset, tasks=parse_tasks(args.tasks), features=args.features, n_train=args.n_train,
         n_test=args.n_test, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, seed=args.seed, device=args.device,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, blur_sigma_units=args.blur_sigma_units,
     )
     results.update({"weights": os.path.abspath(args.weights), "dataset": dataset_str})
     with open(os.path.join(args.output_dir, "equivariance.json"), "w") as f:
