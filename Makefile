@@ -1,6 +1,7 @@
 # dinov2-eqcoh: every target does its own set-up on a fresh machine.
 #   make test      venv + dependencies + patched DINOv2, then the test suite (CPU, ~10 min on 2 cores)
 #   make demo      the main job: three models on the built-in dataset, probes, report in out/demo/
+#   make study     training seeds x models with paired 95 % intervals (dinov2_eqcoh.study), out/study/
 #   make dinov2    (re)install DINOv2 at the pin with patches/ applied; DINOV2_SRC=<git URL or local clone>
 SHELL := /bin/bash
 PY ?= python3
@@ -9,9 +10,11 @@ PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
 PIN := $(shell sed -n 's/^commit=//p' patches/UPSTREAM)
 DEMO_OUT ?= out/demo
+STUDY_OUT ?= out/study
+STUDY_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv dinov2 test demo lint bench clean
+.PHONY: venv dinov2 test demo study lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -33,6 +36,9 @@ test: build/dinov2.stamp
 
 demo: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.demo --output-dir $(DEMO_OUT)
+
+study: build/dinov2.stamp
+	$(PYTHON) -m dinov2_eqcoh.study --output-dir $(STUDY_OUT) $(STUDY_ARGS)
 
 bench: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.bench
