@@ -220,7 +220,7 @@ def render_sbatch(executor: submitit.AutoExecutor) -> str:
 class Trainer(DINOv2Trainer):
     """DINOv2's submitit task (`dinov2.train.main`, requeue through `checkpoint()`), announcing its job.
 
-    Each task prints its job id, rank and output folder to its submitit log (`<output>/<job>_<rank>_log.out`)
+    Each task prints its job id, rank, output folder and node to its submitit log (`<output>/<job>_<rank>_log.out`)
     and adds `job_id` to the arguments DINOv2 logs in `<output>/logs/log.txt[.rankN]`. Under submitit's
     local executor it exports the torch.distributed variables that SLURM would otherwise provide.
     """
@@ -231,9 +231,11 @@ class Trainer(DINOv2Trainer):
         if job_env.cluster != "slurm" and job_env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         self.args.job_id = str(job_env.job_id)
+        node = os.environ.get("SLURMD_NODENAME", job_env.hostname)  # SLURM's node name (hostname: one machine)
         print(
             f"dinov2_eqcoh: {job_env.cluster} job {job_env.job_id}, rank {job_env.global_rank} of "
-            f"{job_env.num_tasks}, output folder {self.args.output_dir}",
+            f"{job_env.num_tasks}, output folder {self.args.output_dir}, node {node} "
+            f"({job_env.node + 1} of {job_env.num_nodes})",
             flush=True,
         )
 
