@@ -375,13 +375,12 @@ def infer_backbone_options(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def find_run_config(checkpoint: str | os.PathLike) -> Path | None:
-    """The run's config.yaml for a checkpoint inside a run directory (`<run>/model_*.pth` or
-    `<run>/eval/training_N/teacher_checkpoint.pth`), or None."""
-    here = Path(checkpoint).resolve().parent
-    for candidate in (here / "config.yaml", here.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            return candidate
-    return None
+    """The config a checkpoint inside a run directory (`<run>/model_*.pth` or
+    `<run>/eval/training_N/teacher_checkpoint.pth`) was trained with, or None: `<run>/config.yaml`, or the
+    `<run>/config_history/` file of the segment that trained its iteration (`run_folder.config_for_checkpoint`)."""
+    from dinov2_eqcoh.run_folder import config_for_checkpoint
+
+    return config_for_checkpoint(checkpoint)
 
 
 def backbone_config(

@@ -92,7 +92,7 @@ class EqCohMetaArch(SSLMetaArch):
     - `student.pretrained_weights` is loaded by `dinov2_eqcoh.checkpoints.load_pretrained_backbone` (released raw
       state dicts, position-embedding interpolation, chunked blocks) instead of DINOv2's `{"model": ...}` loader.
     - `build_cfg`: DINOv2 assembles the config through `dinov2_eqcoh.config.build_cfg` (plugin defaults, strict
-      keys, value checks).
+      keys, value checks), then `dinov2_eqcoh.run_folder` checks `--output-dir` against the new model.
 
     - [0]: Wang et al., AAAI-26, https://arxiv.org/abs/2503.18753
 
@@ -109,6 +109,9 @@ class EqCohMetaArch(SSLMetaArch):
                 base_cfg.student.pretrained_weights = ""
         super().__init__(base_cfg)
         self.cfg = cfg
+        from dinov2_eqcoh.run_folder import log_pending
+
+        log_pending()  # what the run-folder check decided (resume, changed keys), now that DINOv2's log exists
         if pretrained_weights:
             from dinov2_eqcoh.checkpoints import load_pretrained_backbone
 
@@ -166,8 +169,11 @@ class EqCohMetaArch(SSLMetaArch):
     def build_cfg(cls, default_cfg: DictConfig, file_cfg: DictConfig, cli_cfg: DictConfig) -> DictConfig:
         """Called by DINOv2's `get_cfg_from_args`: see `dinov2_eqcoh.config.build_cfg`."""
         from dinov2_eqcoh.config import build_cfg
+        from dinov2_eqcoh.run_folder import check_in_dinov2_setup
 
-        return build_cfg(default_cfg, file_cfg, cli_cfg)
+        cfg = build_cfg(default_cfg, file_cfg, cli_cfg)
+        check_in_dinov2_setup(cfg)  # before DINOv2 writes or loads anything in --output-dir (dinov2_eqcoh.run_folder)
+        return cfg
 
     # ------------------------------------------------------------------------------------------ backbone hooks
 

@@ -32,7 +32,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     pin = _upstream.pin()
     # printed: DINOv2's main sets up logging only later
     print(f"dinov2_eqcoh: DINOv2 {pin.get('url', '?')} @ {pin.get('commit', '?')} + patches/", flush=True)
-    dinov2_main(args)
+    from dinov2_eqcoh.run_folder import RunFolderError
+
+    try:
+        dinov2_main(args)
+    except RunFolderError as e:  # raised before anything was written: the message is the whole story
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from dinov2.run.submit import get_args_parser as get_submit_args_parser
 from dinov2.train import get_args_parser as get_train_args_parser
 from dinov2.utils.cluster import ClusterType, get_slurm_executor_parameters
 
+from dinov2_eqcoh.run_folder import check_before_submit
+
 try:
     from dinov2.run.train.train import Trainer as DINOv2Trainer
 except ModuleNotFoundError as e:  # upstream's setup.py (find_packages) skips dinov2/run/train: no __init__.py
@@ -225,6 +227,11 @@ class Trainer(DINOv2Trainer):
     local executor it exports the torch.distributed variables that SLURM would otherwise provide.
     """
 
+    def checkpoint(self):
+        # the requeued job continues its own run: --no-resume moved the old run away at the first start
+        self.args.no_resume = False
+        return super().checkpoint()
+
     def _setup_args(self):
         super()._setup_args()  # DINOv2: %j -> job id in the output directory
         job_env = submitit.JobEnvironment()
@@ -257,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         args, executor = prepare(argv)
+        # a folder that holds another model is refused now, not after the job has queued (dinov2_eqcoh.run_folder)
+        plan = check_before_submit(args.config_file, args.opts or [], args.output_dir, args.no_resume)
+        if plan is not None and plan.action != "new":
+            logger.info(f"output folder, when the job starts: {plan.summary()}")
         if args.dry_run:
             print(render_sbatch(executor), end="")
             return 0
