@@ -1,0 +1,106 @@
+"""`python -m dinov2_eqcoh.study` on a tiny budget: seeds × models, paired intervals, resume, refusal."""
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from helpers import PYTHON, REPO, run
+
+from dinov2_eqcoh.study import interval, summarise
+
+TINY = ["--config-file", "configs/tiny/eqcoh_cpu.yaml", "--budget", "0.5", "--eval-images", "30",
+        "--class-images", "30", "--probe-epochs", "1"]
+
+
+def _tree(folder):
+    """{relative path: sha256} of every file under `folder`."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_interval_and_pairing_by_seed():
+    iv = interval([1.0, 2.0, 3.0])
+    assert iv["mean"] == 2.0 and math.isclose(iv["sd"], 1.0)
+    assert math.isclose(iv["half_width"], 4.303 / math.sqrt(3), rel_tol=1e-6)  # t_{0.975, 2}
+    # paired by seed: a constant offset over seeds is significant even when the per-model spread is large
+    a = {s: {"r2": {"rot": 0.5 + s * 0.2 + 0.01}} for s in range(3)}
+    b = {s: {"r2": {"rot": 0.5 + s * 0.2}} for s in range(3)}
+    summary = summarise({"eqcoh": a, "dinov2": b})
+    d = summary["paired"]["eqcoh - dinov2"]["r2.rot"]
+    assert math.isclose(d["mean"], 0.01, abs_tol=1e-12) and d["half_width"] < 1e-9 and d["positive_seeds"] == 3
+    assert summary["per_model"]["eqcoh"]["r2.rot"]["half_width"] > 0.1
+
+
+@pytest.mark.slow
+def test_study_trains_scores_resumes_and_refuses_another_configuration(tmp_path):
+    out = tmp_path / "study"
+    cmd = [PYTHON, "-m", "dinov2_eqcoh.study", "--output-dir", out, "--models", "dinov2,eqcoh", "--seeds", "2", *TINY]
+    # interrupt the study while it trains its second run: it loses that run only
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **_env()})
+    for line in proc.stdout:
+        if "run 2 of 4" in line and "training eqcoh_s0" in line:
+            break
+    for line in proc.stdout:  # kill it once DINOv2 has started writing the run folder
+        if "eqcoh_s0 [" in line:
+            break
+    subprocess.run(["pkill", "-KILL", "-f", str(out / "runs" / "eqcoh_s0")])
+    proc.kill()
+    proc.wait()
+    assert (out / "runs" / "dinov2_s0" / "study_train.json").exists()
+    assert not (out / "runs" / "eqcoh_s0" / "study_train.json").exists()
+    first = (out / "runs" / "dinov2_s0" / "model_final.rank_0.pth").stat().st_mtime_ns
+    first_score = (out / "scores" / "dinov2_s0.json").read_bytes()
+
+    resumed = run(cmd, timeout=900).stdout
+    assert "4 runs" in resumed and "1 finished, 3 to train" in resumed
+    assert "training dinov2_s0" not in resumed and "removing the unfinished run" in resumed
+    assert (out / "runs" / "dinov2_s0" / "model_final.rank_0.pth").stat().st_mtime_ns == first
+    assert (out / "scores" / "dinov2_s0.json").read_bytes() == first_score, "a finished run was scored again"
+    study = json.loads((out / "study.json").read_text())
+    assert study["runs_finished"] == 4 and set(study["scores"]) == {"untrained", "dinov2", "eqcoh"}
+    assert all(set(study["scores"][m]) == {"0", "1"} for m in study["scores"])
+    per = study["summary"]["per_model"]["eqcoh"]["r2.rot"]
+    assert per["n"] == 2 and set(per["per_seed"]) == {"0", "1"}
+    pair = study["summary"]["paired"]["eqcoh - dinov2"]["r2.rot"]
+    expected = [study["scores"]["eqcoh"][s]["r2"]["rot"] - study["scores"]["dinov2"][s]["r2"]["rot"] for s in "01"]
+    assert pair["per_seed"] == dict(zip("01", expected))
+    # the two seeds really are two runs
+    assert study["scores"]["dinov2"]["0"]["dino_ratio"] != study["scores"]["dinov2"]["1"]["dino_ratio"]
+    assert (out / "study.png").stat().st_size > 10_000 and "eqcoh - dinov2" in (out / "study.md").read_text()
+
+    # the same command again: nothing is trained or scored
+    before = _tree(out / "scores")
+    again = run(cmd, timeout=300).stdout
+    assert "0 to train" in again and "probing" not in again and "training " not in again
+    assert _tree(out / "scores") == before
+
+    # another configuration into this folder is refused by name, and the folder is left as it was
+    before = _tree(out)
+    for extra, field in ((["--budget", "1.0"], "budget"), (["optim.base_lr=0.01"], "opts")):
+        other = list(cmd)
+        if extra[0] == "--budget":
+            other[other.index("--budget") + 1] = extra[1]
+        else:
+            other += extra
+        proc = run(other, check=False, timeout=120)
+        assert proc.returncode != 0
+        assert "another configuration" in proc.stdout and field in proc.stdout and str(out) in proc.stdout
+    assert _tree(out) == before
+
+
+def _env():
+    import os
+
+    return dict(os.environ)
+
+
+def test_bad_arguments_are_named(tmp_path):
+    for args, text in ((["--seeds", "two"], "--seeds"), (["--models", "dinov3"], "unknown ['dinov3']"),
+                       (["--budget", "0"], "--budget")):
+        proc = run([sys.executable, "-m", "dinov2_eqcoh.study", "--output-dir", tmp_path / "s", *args], check=False)
+        assert proc.returncode != 0 and text in proc.stdout, proc.stdout
+    assert not (tmp_path / "s").exists()
