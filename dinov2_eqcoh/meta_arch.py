@@ -45,20 +45,27 @@ class EqCohHead(nn.Module):
         nn.init.trunc_normal_(self.proj.weight, std=0.02)  # as DINOHead initialises its linear layers
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor, with_z_equi: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, with_z_equi: bool = True, x_equi: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Project and split.
 
         Args:
             x: (T, D) tokens.
             with_z_equi: False computes only the z_inv rows of the projection (weight[:d_inv], bias[:d_inv]), for
-                callers that never read z_equi (the teacher). A keyword of `forward`, not a separate method, so
-                that an FSDP wrapper around this module unshards the weight for it too.
+                callers that never read z_equi (the teacher). Keywords of `forward`, not separate methods, so that
+                an FSDP wrapper around this module unshards the weight for them too.
+            x_equi: (T', D) other tokens whose z_equi is wanted: then z_inv is computed for x only and z_equi for
+                x_equi only (the z_equi rows of the weight), so that no row is projected that nobody reads.
 
         Returns:
-            z_inv (T, d_inv) and z_equi (T, d_equi), or None without `with_z_equi`.
+            z_inv (T, d_inv) and z_equi (T, d_equi) (of x_equi: (T', d_equi)), or None without `with_z_equi`.
         """
-        if not with_z_equi:
-            return F.linear(x, self.proj.weight[: self.d_inv], self.proj.bias[: self.d_inv]), None  # (T, d_inv)
+        if x_equi is not None or not with_z_equi:
+            z_inv = F.linear(x, self.proj.weight[: self.d_inv], self.proj.bias[: self.d_inv])  # (T, d_inv)
+            if x_equi is None or not with_z_equi:
+                return z_inv, None
+            return z_inv, F.linear(x_equi, self.proj.weight[self.d_inv :], self.proj.bias[self.d_inv :])
         z = self.proj(x)  # (T, d_patch)
         return z[..., : self.d_inv], z[..., self.d_inv :]
 
@@ -74,8 +81,9 @@ class EqCohMetaArch(SSLMetaArch):
       `eqcoh.apply_to_view`): the data-loader workers deliver u and θ only. λ = 0 with `apply_to_view` true is the
       "DINOv2 + g" baseline; λ = 0 with `apply_to_view` false is SSLMetaArch exactly.
     - `student/teacher["eqcoh_head"]`: `EqCohHead`, Linear(embed_dim -> d_patch) on the backbone output tokens
-      that are read (CLS and patches of the global crops, CLS of the student's local crops), split
-      [z_inv (d_inv = d_patch - d_equi), z_equi (d_equi)]; the teacher computes the z_inv rows only.
+      that are read, split [z_inv (d_inv = d_patch - d_equi), z_equi (d_equi)]. Inside `forward_backward`, z_inv
+      is computed only for what DINOv2's losses read (the CLS tokens, and the iBOT-masked patch tokens of the
+      global crops) and z_equi only for the student's global patch tokens (L_recon); the teacher computes no z_equi.
     - `student/teacher["dino_head"]` (and `"ibot_head"` if separate) are rebuilt with in_dim = d_inv: DINOv2's
       losses (DINO, KoLeo, iBOT) see z_inv only.
     - `student/teacher["eqcoh_decoders"]`: `EqCohDecoders`, K independent decoders D_k. The teacher copies exist
@@ -161,6 +169,7 @@ class EqCohMetaArch(SSLMetaArch):
         self.student.backbone.register_forward_hook(self._student_backbone_hook)
         self.teacher.backbone.register_forward_hook(self._teacher_backbone_hook)
         self._eqcoh_images: dict[str, Any] | None = None  # the (rendered) batch of the running forward_backward
+        self._eqcoh_mask_indices: torch.Tensor | None = None  # (M,) its iBOT-masked patches, flat over (2B, N)
         self._eqcoh_targets: torch.Tensor | None = None  # (K, B, 3, G, G) u_k of that batch
         self._eqcoh_z_equi: torch.Tensor | None = None  # (2B, N, d_equi) of the last student global forward
         self._eqcoh_recon_loss: torch.Tensor | None = None
@@ -191,7 +200,17 @@ class EqCohMetaArch(SSLMetaArch):
 
         `with_z_equi=False` (the teacher, which never uses z_equi) computes only the z_inv rows of the head.
         Anything else (e.g. the CLS-token tensor of an `is_training=False` call) is returned unchanged.
+
+        Inside `forward_backward` (the flat indices of the batch's iBOT-masked patches are known), the first dict's
+        patch tokens get z_inv only at those M positions, the only ones DINOv2's `forward_backward` reads
+        (`index_select(x_norm_patchtokens.flatten(0, 1), mask_indices_list)`, teacher and student alike): its
+        `x_norm_patchtokens` is (B, N, d_inv) with zeros at every other position (no iBOT: zeros everywhere), and
+        z_equi is projected for the patch tokens only. This saves (B·N - M)·D·d_inv multiply-adds per pass and its
+        backward; the values DINOv2 reads are the same as with the full projection.
         """
+        mask_indices = self._eqcoh_mask_indices
+        if mask_indices is not None and isinstance(output, (dict, list)):
+            return self._apply_eqcoh_head_read_only(model_dict, output, with_z_equi, mask_indices)
         dicts = output if isinstance(output, list) else [output]
         if not all(isinstance(d, dict) and "x_norm_clstoken" in d for d in dicts):
             return output
@@ -211,6 +230,33 @@ class EqCohMetaArch(SSLMetaArch):
         local_dicts = [
             {**{k: v for k, v in d.items() if k != "x_norm_patchtokens"}, "x_norm_clstoken": zi[:, 0]}
             for d, zi in zip(dicts[1:], z_inv[1:])
+        ]
+        return [first, *local_dicts] if isinstance(output, list) else first
+
+    def _apply_eqcoh_head_read_only(
+        self, model_dict: nn.ModuleDict, output: Any, with_z_equi: bool, mask_indices: torch.Tensor
+    ) -> Any:
+        """`_apply_eqcoh_head` for a forward inside `forward_backward`: z_inv of the tokens DINOv2 reads only."""
+        dicts = output if isinstance(output, list) else [output]
+        if not all(isinstance(d, dict) and "x_norm_clstoken" in d for d in dicts):
+            return output
+        patches = dicts[0]["x_norm_patchtokens"]  # (B, N, D)
+        B, N, _ = patches.shape
+        flat = patches.flatten(0, 1)  # (B·N, D)
+        masked = flat.index_select(0, mask_indices)  # (M, D); M from the index's shape, no host sync
+        cls = [d["x_norm_clstoken"] for d in dicts]  # (B_i, D) each
+        rows = [cls[0], masked, *cls[1:]]
+        sizes = [r.shape[0] for r in rows]
+        head = model_dict["eqcoh_head"]  # looked up at call time: FSDP replaces the module by its wrapper
+        z_inv, z_equi = head(torch.cat(rows), with_z_equi=with_z_equi, x_equi=flat if with_z_equi else None)
+        z_cls, z_masked, *z_local = z_inv.split(sizes)
+        z_patches = z_masked.new_zeros(B * N, z_masked.shape[-1]).index_copy(0, mask_indices, z_masked)
+        first = {**dicts[0], "x_norm_clstoken": z_cls, "x_norm_patchtokens": z_patches.view(B, N, -1)}
+        if with_z_equi:
+            first["eqcoh_z_equi_patchtokens"] = z_equi.view(B, N, -1)  # (B, N, d_equi)
+        local_dicts = [
+            {**{k: v for k, v in d.items() if k != "x_norm_patchtokens"}, "x_norm_clstoken": zl}
+            for d, zl in zip(dicts[1:], z_local)
         ]
         return [first, *local_dicts] if isinstance(output, list) else first
 
@@ -284,11 +330,17 @@ class EqCohMetaArch(SSLMetaArch):
         if not self.do_eqcoh:
             return super().forward_backward(images, teacher_temp)
         self._eqcoh_images, self._eqcoh_targets = images, targets
+        device = self.student.backbone.cls_token.device
+        if self.do_ibot:  # the patches DINOv2's iBOT loss reads (teacher and student); without iBOT none are read
+            self._eqcoh_mask_indices = images["mask_indices_list"].to(device, non_blocking=True)
+        else:
+            self._eqcoh_mask_indices = torch.zeros(0, dtype=torch.long, device=device)
         try:
             loss_dict = super().forward_backward(images, teacher_temp)
             loss_dict["eqcoh_recon_loss"] = self._eqcoh_recon_loss
         finally:  # drop the references to the batch and the graph
             self._eqcoh_images = self._eqcoh_targets = self._eqcoh_z_equi = self._eqcoh_recon_loss = None
+            self._eqcoh_mask_indices = None
         return loss_dict
 
     def backprop_loss(self, loss: torch.Tensor) -> None:

@@ -166,6 +166,7 @@ def render(
     thetas: torch.Tensor,
     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    max_blur_sigma: float | None = None,
 ) -> torch.Tensor:
     """Render g_θ(u) for every θ in `thetas`, all at once, from u directly.
 
@@ -175,6 +176,10 @@ def render(
         thetas: (S, P) for one image u (3, G, G) -> S states of that image; or (N, P) / (N, S, P) for a batch u
             (N, 3, G, G) -> one / S states per image.
         mean, std: the normalisation of u (used by `color` only).
+        max_blur_sigma: `blur` only: an upper bound of every σ in `thetas` (pixels at 224 px, a python number, e.g.
+            the upper end of `eqcoh.ranges.blur_sigma`). It sets the one kernel size of the batch without reading σ
+            back from the device (no host synchronisation; the training step passes it). None: the batch's
+            largest σ, read with one device-to-host copy.
 
     Returns:
         (*thetas.shape[:-1], 3, G, G), same dtype as u: (S, 3, G, G), (N, 3, G, G) or (N, S, 3, G, G).
@@ -201,7 +206,7 @@ def render(
     elif name == "color":
         out = _render_color(images, flat, mean, std)
     else:
-        out = _render_blur(images, flat[:, 0])
+        out = _render_blur(images, flat[:, 0], max_blur_sigma)
     return out.reshape(*lead, *u.shape[-3:])
 
 
@@ -278,20 +283,27 @@ def blur_kernel_size(sigma: float) -> int:
     return 2 * math.ceil(3.0 * max(float(sigma), 0.0)) + 1
 
 
-def _render_blur(images: torch.Tensor, sigma_224: torch.Tensor) -> torch.Tensor:
+def _render_blur(images: torch.Tensor, sigma_224: torch.Tensor, max_sigma_224: float | None = None) -> torch.Tensor:
     """Gaussian blur, σ_s = sigma_224[s]·G/224 pixels, one separable grouped convolution over all states.
 
-    One kernel size for all states, from the largest σ (blur_kernel_size); reflect padding as torchvision's
-    gaussian_blur. σ -> 0 gives the identity kernel.
+    One kernel size for all states (blur_kernel_size), from `max_sigma_224` when given (a python bound: no host
+    synchronisation), else from the largest σ of the batch (read from the device); reflect padding as torchvision's
+    gaussian_blur. σ -> 0 gives the identity kernel. A σ above `max_sigma_224` is clamped to it.
     """
     S, C, H, W = images.shape
-    sigma = sigma_224.to(images.dtype).clamp(min=0.0) * (H / BLUR_REFERENCE_SIZE)
-    size = blur_kernel_size(float(sigma.max()))
+    scale = H / BLUR_REFERENCE_SIZE
+    sigma = sigma_224.to(images.dtype).clamp(min=0.0) * scale
+    if max_sigma_224 is None:
+        max_sigma = float(sigma.max())  # one device-to-host copy
+    else:
+        max_sigma = max(float(max_sigma_224), 0.0) * scale
+        sigma = sigma.clamp(max=max_sigma)
+    size = blur_kernel_size(max_sigma)
     radius = size // 2
     if radius == 0:
         return images.clone()
     if radius >= min(H, W):
-        raise ValueError(f"blur: σ={float(sigma.max()):.3g} px needs a kernel of {size} px, larger than the {H}px crop")
+        raise ValueError(f"blur: σ={max_sigma:.3g} px needs a kernel of {size} px, larger than the {H}px crop")
     x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-0.5 * (x / sigma.clamp(min=1e-6).unsqueeze(1)) ** 2)  # (S, size)
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(C, dim=0)  # (S·C, size)

@@ -201,7 +201,8 @@ def test_separate_ibot_head_reads_z_inv_too():
 
 
 def test_eqcoh_head_projects_only_the_tokens_that_are_read():
-    """Student: CLS + patches of the 2B global crops, CLS only of the local crops; teacher: z_inv rows only."""
+    """In forward_backward: z_inv of the CLS tokens and the M iBOT-masked patches only (student: global CLS, masked
+    patches, local CLS; teacher: global CLS, masked patches), z_equi of the student's 2B·N global patches only."""
     cfg = eqcoh_cfg()
     model = build(cfg)
     batch = eqcoh_batch(cfg)
@@ -209,7 +210,9 @@ def test_eqcoh_head_projects_only_the_tokens_that_are_read():
     for side in calls:
         model_dict = getattr(model, side)
         model_dict["eqcoh_head"].register_forward_hook(
-            lambda m, args, kwargs, out, _side=side: calls[_side].append((args[0].shape[0], out[0].shape[-1], out[1])),
+            lambda m, args, kwargs, out, _side=side: calls[_side].append(
+                (args[0].shape[0], out[0].shape[-1], out[1], kwargs.get("x_equi"))
+            ),
             with_kwargs=True,
         )
     model.forward_backward(batch, teacher_temp=0.07)
@@ -217,12 +220,41 @@ def test_eqcoh_head_projects_only_the_tokens_that_are_read():
     B, n_local = cfg.train.batch_size_per_gpu, cfg.crops.local_crops_number
     n_patches = (cfg.crops.global_crops_size // cfg.student.patch_size) ** 2
     d_inv = cfg.eqcoh.d_patch - cfg.eqcoh.d_equi
-    global_tokens = 2 * B * (1 + n_patches)
-    (student_tokens, student_width, student_z_equi), = calls["student"]
-    assert student_tokens == global_tokens + n_local * B  # not n_local·B·(1 + N_local)
-    assert student_width == d_inv and student_z_equi.shape == (student_tokens, cfg.eqcoh.d_equi)
-    (teacher_tokens, teacher_width, teacher_z_equi), = calls["teacher"]
-    assert teacher_tokens == global_tokens and teacher_width == d_inv and teacher_z_equi is None
+    M = batch["mask_indices_list"].shape[0]
+    assert 0 < M < 2 * B * n_patches
+    (student_tokens, student_width, student_z_equi, x_equi), = calls["student"]
+    assert student_tokens == 2 * B + M + n_local * B  # not 2B·(1 + N) + n_local·B·(1 + N_local)
+    assert student_width == d_inv and student_z_equi.shape == (2 * B * n_patches, cfg.eqcoh.d_equi)
+    assert x_equi.shape[0] == 2 * B * n_patches
+    (teacher_tokens, teacher_width, teacher_z_equi, _), = calls["teacher"]
+    assert teacher_tokens == 2 * B + M and teacher_width == d_inv and teacher_z_equi is None
+
+
+def test_read_only_projection_gives_dinov2_the_values_of_the_full_one():
+    """What DINOv2's forward_backward reads (CLS tokens, masked patch tokens) and z_equi are those of the full head."""
+    cfg = eqcoh_cfg("student.drop_path_rate=0")
+    model = build(cfg)  # no drop path: the two forwards see the same network
+    batch = eqcoh_batch(cfg)
+    crops, local, masks = batch["collated_global_crops"], batch["collated_local_crops"], batch["collated_masks"]
+    idx = batch["mask_indices_list"]
+    outs = {}
+    with torch.no_grad():
+        for name, indices in (("full", None), ("read", idx)):
+            model._eqcoh_mask_indices = indices
+            student = model.student.backbone([crops, local], masks=[masks, None], is_training=True)
+            teacher = model.teacher.backbone(crops, is_training=True)
+            outs[name] = (student, teacher)
+    model._eqcoh_mask_indices = None
+    (s_full, t_full), (s_read, t_read) = outs["full"], outs["read"]
+    for full, read in ((s_full[0], s_read[0]), (t_full, t_read)):
+        torch.testing.assert_close(read["x_norm_clstoken"], full["x_norm_clstoken"])
+        torch.testing.assert_close(read["x_norm_patchtokens"].flatten(0, 1)[idx],
+                                   full["x_norm_patchtokens"].flatten(0, 1)[idx])
+        unread = torch.ones(read["x_norm_patchtokens"].shape[:2], dtype=torch.bool).flatten()
+        unread[idx] = False
+        assert (read["x_norm_patchtokens"].flatten(0, 1)[unread] == 0).all()  # never computed
+    torch.testing.assert_close(s_read[0]["eqcoh_z_equi_patchtokens"], s_full[0]["eqcoh_z_equi_patchtokens"])
+    torch.testing.assert_close(s_read[1]["x_norm_clstoken"], s_full[1]["x_norm_clstoken"])
 
 
 def test_local_crops_keep_only_their_cls_token_and_the_teacher_has_no_z_equi():

@@ -115,7 +115,9 @@ class DataAugmentationEqCoh:
 def render_views(batch, cfg, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """v2 = g_θ(u) and the targets u_k = g_{θ_k}(u) of a collated batch, in one batched `render` call.
 
-    Renders in float32 with autocast off; v2 is cast back to the crops' dtype. The batch is not modified.
+    Renders in float32 with autocast off; v2 is cast back to the crops' dtype. The batch is not modified. Nothing
+    is read back from the device (no host synchronisation): the blur kernel size comes from
+    `eqcoh.ranges.blur_sigma`, not from the batch.
 
     Args:
         batch: a batch of the plugin's collate (`collate_eqcoh`): `collated_global_crops` (2B, 3, G, G) = [v1; u]
@@ -150,8 +152,10 @@ def render_views(batch, cfg, device=None) -> tuple[torch.Tensor, torch.Tensor | 
     no_autocast = (
         torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
     )
+    # blur: the kernel size from the configured range, not from the batch's σ (that would read σ back to the host)
+    max_blur_sigma = float(eqcoh.ranges.blur_sigma[1]) if name == "blur" else None
     with no_autocast:
-        states = render(u.float(), name, thetas)  # (B, S, 3, G, G), float32
+        states = render(u.float(), name, thetas, max_blur_sigma=max_blur_sigma)  # (B, S, 3, G, G), float32
     v2 = states[:, -1].to(crops.dtype) if apply_to_view else u
     targets = states[:, :K].transpose(0, 1) if with_targets else None  # (K, B, 3, G, G)
     return v2, targets
