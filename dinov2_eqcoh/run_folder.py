@@ -88,14 +88,34 @@ def _safe_globals() -> list:
     return allowed
 
 
+SHARDED = "<sharded>"  # read_checkpoint_meta of a sharded run's file: unpickling it needs the run's process group
+
+
+def holds_sharded_tensors(path: str | os.PathLike) -> bool:
+    """Whether a torch zip checkpoint pickles `ShardedTensor`s (FSDP LOCAL_STATE_DICT of a run with world size >
+    1); read from the archive's pickle stream, without unpickling (that needs the run's process group)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(z.read(n).find(b"ShardedTensor") >= 0 for n in z.namelist() if n.endswith("data.pkl"))
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_checkpoint_meta(path: str | os.PathLike) -> Any:
     """`torch.load` memory-mapped with the safe loader: tensors are not read, their shapes are.
+
+    Returns:
+        The checkpoint object, or `SHARDED` for a sharded run's file (compared through its config instead).
 
     Raises:
         RunFolderError: the file is not a readable checkpoint (named, with torch's reason).
     """
     import torch
 
+    if holds_sharded_tensors(path):
+        return SHARDED
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
@@ -280,6 +300,8 @@ def model_layout(cfg) -> ModelLayout:
 def checkpoint_layout(data: Any, source: str) -> ModelLayout | None:
     """The layout a DINOv2 checkpoint holds: a training checkpoint (model + optimizer) or an eval dump
     (`{"teacher": ...}`: teacher keys only). None for a sharded (FSDP flat-parameter) checkpoint."""
+    if data is SHARDED:
+        return None
     if not isinstance(data, Mapping):
         raise RunFolderError(f"{source}: not a DINOv2 checkpoint (a {type(data).__name__}, not a dict)")
     if isinstance(data.get("model"), Mapping):
@@ -401,7 +423,7 @@ def _ways_out(output_dir: Path) -> str:
 def _check_weights_file(key: str, path: str, new: ModelLayout, cfg) -> None:
     """`MODEL.WEIGHTS` (fvcore would skip what does not fit) and `student.pretrained_weights` (loaded strictly
     into the student backbone, but only after DINOv2 has written the folder): refuse a misfit now."""
-    if not os.path.isfile(path):
+    if not (os.path.isfile(path) or (key == "student.pretrained_weights" and os.path.isdir(path))):  # HF folder
         raise RunFolderError(f"{key}={path}: no such file; nothing was written or loaded")
     if key == "MODEL.WEIGHTS":
         ref = checkpoint_layout(read_checkpoint_meta(path), path)
@@ -509,6 +531,9 @@ def plan_run_folder(cfg, output_dir: str | os.PathLike, no_resume: bool = False,
     if ckpt is None:
         return RunFolderPlan(out, "restart", changed=changed, warnings=warnings)
     iteration = checkpoint_iteration(ckpt)
+    if iteration is None and ckpt.name.startswith("model_final.") and old_cfg is not None:
+        # a sharded file cannot be unpickled here; fvcore writes model_final at the old run's last iteration
+        iteration = int(old_cfg.optim.epochs) * int(old_cfg.train.OFFICIAL_EPOCH_LENGTH) - 1
     start = max((e for _, _, e in history_entries(out)), default=-1) + 1
     history = out / HISTORY_DIR / f"config.{_stamp()}.it{start}-{iteration}.yaml" if old_cfg is not None else None
     return RunFolderPlan(out, "resume", checkpoint=ckpt, iteration=iteration, changed=changed, warnings=warnings,

@@ -203,3 +203,23 @@ def test_weights_loaded_by_path_must_fit(trained, tmp_path):
         proc = run([*PLUGIN, "--config-file", CFG, "--output-dir", out, *opts], check=False)
         assert proc.returncode != 0 and expected in proc.stdout, proc.stdout[-3000:]
         assert "Nothing was written or loaded" in proc.stdout and not out.exists()
+
+
+def test_two_rank_sharded_run_resumes_and_refuses_through_its_config(tmp_path):
+    # sharded checkpoints (FSDP LOCAL_STATE_DICT) cannot be unpickled without the run's process group: the folder's
+    # config.yaml stands in for them; a resume must still pass, on every rank
+    from helpers import free_port
+
+    out = tmp_path / "run"
+    torchrun = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    run([*torchrun, free_port(), "-m", "dinov2_eqcoh.train", "--config-file", CFG, "--output-dir", out])
+    assert run_folder.read_checkpoint_meta(out / "model_final.rank_1.pth") is run_folder.SHARDED
+    before = tree_hashes(out)
+    for rank in (0, 1):
+        with pytest.raises(run_folder.RunFolderError, match=r"(?s)Compared with .*config.yaml.*eqcoh.d_equi: 16 -> 32"):
+            run_folder.plan_run_folder(load_config(CFG, ["eqcoh.d_equi=32"]), out, rank=rank)
+    assert tree_hashes(out) == before
+    run([*torchrun, free_port(), "-m", "dinov2_eqcoh.train", "--config-file", CFG, "--output-dir", out, "optim.epochs=3"])
+    for log in ("log.txt", "log.txt.rank1"):  # both ranks resumed their own shard
+        assert "Starting training from iteration 4" in (out / "logs" / log).read_text(), log
+    assert [(s, e) for _, s, e in run_folder.history_entries(out)] == [(0, 3)]
