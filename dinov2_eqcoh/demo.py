@@ -259,7 +259,8 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
         "(2d → 1024 → 1024 → dim θ, early-stopped on a tenth of its fit split) fitted on 2/3 and scored on 1/3 of "
         f"{report['settings']['eval_images']} held-out images of the built-in dataset (seed 1, not seen in "
         "training); θ drawn from the paper's ranges; mean R² over rot, color, blur, trans as in the paper (se2 "
-        f"reported, not averaged). k-NN (k 20) and linear probe on the CLS token, {report['settings']['class_images']} "
+        f"reported, not averaged). Blur: {report.get('blur_sigma_definition', 'n/a')}. k-NN (k 20) and linear probe "
+        f"on the CLS token, {report['settings']['class_images']} "
         "held-out images (2/3 reference/fit, 1/3 scored), 10 classes (chance 10 %).",
         "",
         "The untrained row probes a randomly initialised backbone of the same architecture: what the probes read "
@@ -342,6 +343,7 @@ def main(argv=None) -> int:
                      "probe_epochs": args.probe_epochs},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "total_seconds": time.time() - t0,
+        "blur_sigma_definition": next(iter(models.values()))["equivariance"].get("blur_sigma_definition"),
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=1))
     cli = list(argv) if argv is not None else sys.argv[1:]  # `make demo` runs it with --output-dir $(DEMO_OUT)
