@@ -9,7 +9,9 @@ Kinds read by `load_backbone_state_dict` (teacher weights preferred wherever bot
 - an eval dump `<run>/eval/training_N/teacher_checkpoint.pth`: {"teacher": {"backbone.*", "dino_head.*", ...}};
 - a released DINOv2 file or an export of this project (`dinov2_eqcoh.export`): the raw state dict of a
   DinoVisionTransformer (`cls_token`, `pos_embed`, `patch_embed.proj.*`, `blocks.{i}.*`, `norm.*`, `mask_token`,
-  maybe `register_tokens`), or the same wrapped as {"model": ...} as DINOv2's `student.pretrained_weights` wants.
+  maybe `register_tokens`), or the same wrapped as {"model": ...} as DINOv2's `student.pretrained_weights` wants;
+- HF transformers and timm weights: an HF folder, a `.safetensors` file, a torch file with an HF or timm state dict
+  (converted to the raw layout by `dinov2_eqcoh.interop`, as strictly).
 
 Chunked blocks (`student.block_chunks > 0`): DINOv2's BlockChunk c holds `[Identity] * (c·depth/n)` followed by
 its blocks, so block i keeps its global index inside the chunk and its keys are `blocks.{c}.{i}.*`. The raw format
@@ -111,11 +113,16 @@ def extract_backbone_state_dict(checkpoint: Any, source: str = "<checkpoint>") -
     """
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source}: expected a dict-like checkpoint, found {type(checkpoint).__name__}")
+    from dinov2_eqcoh.interop import convert_foreign_state_dict
+
     model = checkpoint.get("model")
     teacher = checkpoint.get("teacher")
     if isinstance(teacher, Mapping):  # DINO-style wrappers also prefix "module." (DINOv2's loader strips it too)
         teacher = {k.removeprefix("module."): v for k, v in teacher.items()}
-    if isinstance(teacher, Mapping) and any(k.startswith("backbone.") for k in teacher):
+    foreign = convert_foreign_state_dict(checkpoint, source)
+    if foreign is not None:  # HF transformers or timm keys
+        state, kind = foreign
+    elif isinstance(teacher, Mapping) and any(k.startswith("backbone.") for k in teacher):
         state, kind = _strip_prefix(teacher, "backbone."), "teacher_checkpoint"
     elif isinstance(model, Mapping) and any(k.startswith("teacher.backbone.") for k in model):
         state, kind = _strip_prefix(model, "teacher.backbone."), "training checkpoint (teacher)"
@@ -163,14 +170,18 @@ def load_backbone_state_dict(path: str | os.PathLike, allow_pickle: bool = False
     """Read any checkpoint kind (see the module docstring) and return the raw, unchunked backbone state dict.
 
     Args:
-        path: a training checkpoint, a teacher_checkpoint.pth, an exported or released DINOv2 backbone file.
+        path: a training checkpoint, a teacher_checkpoint.pth, an exported or released DINOv2 backbone file, an HF
+            folder or .safetensors file, a timm checkpoint.
         allow_pickle: allow full unpickling of a file the safe loader refuses (trusted files only).
 
     Returns:
         {key: tensor} with DinoVisionTransformer keys (`cls_token`, `pos_embed`, `blocks.{i}.*`, ...), teacher
         weights when the file has both.
     """
-    state, kind = extract_backbone_state_dict(load_checkpoint_file(path, allow_pickle), source=os.fspath(path))
+    from dinov2_eqcoh.interop import is_foreign_weights_path, read_foreign_weights
+
+    read = read_foreign_weights if is_foreign_weights_path(path) else load_checkpoint_file  # HF folder, .safetensors
+    state, kind = extract_backbone_state_dict(read(path, allow_pickle), source=os.fspath(path))
     logger.info(f"read {len(state)} backbone tensors from {path} ({kind})")
     return state
 

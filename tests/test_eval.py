@@ -139,8 +139,8 @@ def test_equivariance_probe_finds_nothing_in_features_that_ignore_the_image(enco
 def test_equivariance_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown or no task.*allowed: rot"):
         evaluate_equivariance(Moments(), Blobs(10), tasks=("spin",))
-    with pytest.raises(ValueError, match="exceeds the 10 images"):
-        evaluate_equivariance(Moments(), Blobs(10), n_train=8, n_test=8)
+    with pytest.raises(ValueError, match="has 3 images; the R² probe needs at least 4"):
+        evaluate_equivariance(Moments(), Blobs(3), n_train=8, n_test=8)  # fewer than asked: 2/3 + 1/3 (test_interop)
     with pytest.raises(ValueError, match="unknown kind 'pooled'"):
         evaluate_equivariance(Moments(), Blobs(10), features="pooled", n_train=4, n_test=4)
 

@@ -265,7 +265,8 @@ def evaluate_equivariance(
         dataset: items (image (3, S, S) ImageNet-normalised, label); `make_eval_dataset` builds one.
         tasks: names from TASKS.
         features: kinds from FEATURE_KINDS (or "both").
-        n_train, n_test: images for fitting the probe and for scoring it (a seeded random subset of the dataset).
+        n_train, n_test: images for fitting the probe and for scoring it (a seeded random subset of the dataset;
+            a dataset with fewer images is split 2/3 fit, 1/3 score instead, with a warning).
         epochs, patience, probe_batch_size, lr: probe training (at most `epochs`; early stopping, see
             `fit_theta_probe`).
         batch_size, num_workers: feature extraction.
@@ -284,8 +285,15 @@ def evaluate_equivariance(
         raise ValueError(f"blur_sigma_units={blur_sigma_units!r}: allowed {', '.join(BLUR_SIGMA_UNITS)}")
     if n_train < 2 or n_test < 2:
         raise ValueError(f"n_train and n_test must be >= 2, got n_train={n_train}, n_test={n_test}")
-    if n_train + n_test > len(dataset):
-        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(dataset)} images of the dataset")
+    if n_train + n_test > len(dataset):  # a small folder: size the splits to it
+        if len(dataset) < 4:
+            raise ValueError(f"the dataset has {len(dataset)} images; the R² probe needs at least 4 (2 fit, 2 score)")
+        requested = (n_train, n_test)
+        n_train = 2 * len(dataset) // 3
+        n_test = len(dataset) - n_train
+        logger.warning(f"n_train + n_test = {sum(requested)} ({requested[0]} + {requested[1]}) exceeds the "
+                       f"{len(dataset)} images of the dataset: fitting the R² probe on {n_train} images (2/3) and "
+                       f"scoring it on the other {n_test} (1/3)")
     image = dataset[0][0]
     check_image_size(int(image.shape[-1]), backbone)
     device = torch.device(device) if device is not None else default_device()
@@ -370,8 +378,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("dinov2_eqcoh.eval.equivariance", description=__doc__.split("\n\n")[0])
     add_backbone_args(parser)
     parser.add_argument("--dataset", default=None,
-                        help="Synthetic:n=..:size=..:classes=..:seed=.. or ImageFolder:root=.. (default: Synthetic, "
-                             "seed 1, n_train + n_test images at the eval size)")
+                        help="Synthetic:n=..:size=..:classes=..:seed=.., ImageFolder:root=.. or DINOv2's "
+                             "ImageNet:split=VAL:root=..:extra=.. (default: Synthetic, seed 1, n_train + n_test images "
+                             "at the eval size)")
     parser.add_argument("--tasks", default=",".join(PAPER_TASKS), help=f"comma list of {', '.join(TASKS)}")
     parser.add_argument("--features", default="both", help="cls, avgpool, concat or both (= cls,avgpool); comma list")
     parser.add_argument("--n-train", type=int, default=1000)

@@ -158,9 +158,11 @@ def extract_features(
 
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
-    """--weights, --config-file, --allow-pickle, --image-size, --device, --batch-size, --num-workers, --seed, opts."""
-    parser.add_argument("--weights", required=True,
-                        help="model_*.rank_0.pth, eval/*/teacher_checkpoint.pth, an export or a released DINOv2 file")
+    """--weights (or DINOv2's --pretrained-weights), --config-file, --allow-pickle, --image-size, --device,
+    --batch-size, --num-workers, --seed, --output-dir, opts."""
+    parser.add_argument("--weights", "--pretrained-weights", dest="weights", required=True,
+                        help="model_*.rank_0.pth, eval/*/teacher_checkpoint.pth, an export or a released DINOv2 file, "
+                             "an HF folder or .safetensors file, a timm checkpoint")
     parser.add_argument("--config-file", default=None,
                         help="the run's config.yaml or a YAML with student.* options (default: the run's config next "
                              "to the weights, else inferred from the weights)")

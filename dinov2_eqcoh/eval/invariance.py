@@ -196,10 +196,12 @@ def split_dataset(dataset, test_fraction: float, seed: int = 0):
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("dinov2_eqcoh.eval.invariance", description=__doc__.split("\n\n")[0])
     add_backbone_args(parser)
-    parser.add_argument("--dataset", default=None,
-                        help="labelled dataset: Synthetic:... or ImageFolder:root=<dir with class folders> (default: "
-                             "Synthetic:n=2000:...:classes=10:seed=1 at the eval size)")
-    parser.add_argument("--test-dataset", default=None, help="a separate test set (default: split --dataset)")
+    parser.add_argument("--dataset", "--train-dataset", dest="dataset", default=None,
+                        help="labelled dataset: Synthetic:..., ImageFolder:root=<dir with class folders> or DINOv2's "
+                             "ImageNet:split=TRAIN:root=..:extra=.. (default: Synthetic:n=2000:...:classes=10:seed=1 at "
+                             "the eval size); --train-dataset as in DINOv2's knn/linear evals")
+    parser.add_argument("--test-dataset", "--val-dataset", dest="test_dataset", default=None,
+                        help="a separate test set, e.g. ImageNet:split=VAL:root=..:extra=.. (default: split --dataset)")
     parser.add_argument("--test-fraction", type=float, default=0.3)
     parser.add_argument("--features", default="cls,concat", help="cls, avgpool, concat or both (= cls,avgpool)")
     parser.add_argument("--k", type=int, default=20)
