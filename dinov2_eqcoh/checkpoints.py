@@ -301,6 +301,9 @@ def load_pretrained_backbone(
     state = _rechunk_for(list(target), state)
     if getattr(backbone, "chunked_blocks", False):
         actions.append(f"block keys mapped to {len(backbone.blocks)} chunks")
+    from dinov2_eqcoh.interop import drop_neutral_extras  # zero biases / unit layer scales an HF or timm export adds
+
+    state = drop_neutral_extras(state, target, actions)
 
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]

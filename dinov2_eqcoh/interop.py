@@ -25,7 +25,8 @@ layouts are read: the on-disk one above and the in-memory one of transformers >=
 as DINOv2's own files: keys the conversion does not know keep their names and fail the load as unexpected, and
 missing ones fail it as missing. Two additions are made and logged: a zero `mask_token` where the file has none
 (timm drops it; it is DINOv2's init and only iBOT masking reads it), and classifier heads (`head.*`,
-`classifier.*`) are dropped.
+`classifier.*`) are dropped, as are all-zero biases and all-one layer scales that the target backbone lacks
+(`drop_neutral_extras`: HF and timm always have them, DINOv2 not with `proj_bias`/`ffn_bias` false, `layerscale: 0`).
 
 Numerics. At the export's own resolution the three libraries compute the same function (tests/test_interop.py:
 max |difference| ≤ 1e-4 on CLS and patch tokens). At another resolution each library interpolates the position
@@ -276,6 +277,22 @@ def timm_to_dinov2(state: Mapping[str, torch.Tensor], source: str = "<state dict
                              "(no_embed_class=False); DINOv2's registers have none, so it has no DINOv2 equivalent")
     _zero_mask_token(out, source, "timm")
     return out
+
+
+_NEUTRAL_BIAS = re.compile(r"^blocks\.(\d+\.)?\d+\.(attn\.proj|attn\.qkv|mlp\.fc1|mlp\.fc2|mlp\.w12|mlp\.w3)\.bias$")
+_NEUTRAL_SCALE = re.compile(r"^blocks\.(\d+\.)?\d+\.ls[12]\.gamma$")
+
+
+def drop_neutral_extras(state: Mapping[str, torch.Tensor], target: Mapping[str, Any], actions: list) -> dict:
+    """Drop block entries the target backbone lacks that hold neutral values: all-zero biases (the target has
+    `proj_bias` / `ffn_bias` / `qkv_bias` false) and all-one layer scales (`layerscale: 0`), which an HF or timm
+    export adds because those libraries always have them. Exact (the function is unchanged); noted in `actions`.
+    Any other extra entry stays and fails the strict load."""
+    drop = [k for k, v in state.items() if k not in target and (
+        (_NEUTRAL_BIAS.match(k) and not v.any()) or (_NEUTRAL_SCALE.match(k) and bool((v == 1).all())))]
+    if drop:
+        actions.append(f"{len(drop)} neutral entries the backbone lacks dropped (zero biases, unit layer scales)")
+    return {k: v for k, v in state.items() if k not in drop}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -154,6 +154,13 @@ def test_exports_compute_our_backbone_in_hf_and_timm_at_518(runs, variant):
     if variant == "vits14":
         processor = transformers.AutoImageProcessor.from_pretrained(hf_dir)
         assert processor.crop_size == {"height": 518, "width": 518}
+        back, _ = load_backbone(hf_dir)  # and back, from inside the run folder
+        original = r.backbone.state_dict()
+        assert all(torch.equal(v, original[k]) for k, v in back.state_dict().items())
+    else:
+        for folder in (hf_dir, timm_dir):
+            back, _ = load_backbone(folder)
+            assert max(max_diffs(ref, ours(back, x), r.registers)) <= TOL, folder
 
 
 def test_negative_control_a_wrong_mapping_is_detected(runs, tmp_path):
