@@ -76,7 +76,8 @@ def _safe_globals() -> list:
 
     allowed = _numpy_safe_globals()
     try:  # the ShardedTensor metadata of a sharded run's LOCAL_STATE_DICT
-        from torch.distributed._shard import metadata as shard_md, sharded_tensor as st
+        from torch.distributed._shard import metadata as shard_md
+        from torch.distributed._shard import sharded_tensor as st
         from torch.distributed._shard.sharding_spec import ChunkShardingSpec
         from torch.distributed.remote_device import _remote_device
 
@@ -607,11 +608,10 @@ def check_before_submit(config_file: str, opts: Sequence[str], output_dir: str, 
     """
     if "%j" in output_dir:
         return None
+    from dinov2.configs import dinov2_default_config
     from omegaconf import OmegaConf
 
     from dinov2_eqcoh.config import build_cfg
-
-    from dinov2.configs import dinov2_default_config
 
     out = os.path.abspath(output_dir)
     cfg = build_cfg(OmegaConf.create(dinov2_default_config), OmegaConf.load(config_file),

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import PYTHON, REPO, run
+from helpers import PYTHON, run
 
 from dinov2_eqcoh import run_folder
 from dinov2_eqcoh.config import load_config

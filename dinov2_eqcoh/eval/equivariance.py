@@ -50,7 +50,14 @@ from dinov2_eqcoh.eval.features import (
     progress,
     setup_cli_logging,
 )
-from dinov2_eqcoh.transforms import BLUR_REFERENCE_SIZE, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, THETA_NAMES, render, sample_theta
+from dinov2_eqcoh.transforms import (
+    BLUR_REFERENCE_SIZE,
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    THETA_NAMES,
+    render,
+    sample_theta,
+)
 
 logger = logging.getLogger("dinov2.eqcoh")
 
