@@ -181,6 +181,9 @@ class EqCohMetaArch(SSLMetaArch):
         from dinov2_eqcoh.run_folder import check_in_dinov2_setup
 
         cfg = build_cfg(default_cfg, file_cfg, cli_cfg)
+        from dinov2_eqcoh.data.datasets import check_training_dataset
+
+        check_training_dataset(cfg)  # an ImageFolder root that is missing or empty fails now, not after the model
         check_in_dinov2_setup(cfg)  # before DINOv2 writes or loads anything in --output-dir (dinov2_eqcoh.run_folder)
         return cfg
 

@@ -297,6 +297,47 @@ def parse_dataset_str(dataset_str: str):
     return name, kwargs
 
 
+def check_dataset_str(dataset_str: str) -> None:
+    """Check `train.dataset_path` up front, before a model is built: its syntax, and for `ImageFolder` the root.
+
+    An `ImageFolder` root must be a directory holding at least one image (in `root/<class>/` or directly in root),
+    and `max_bad_fraction` must lie in 0..1: the errors `ImageFolder` itself would raise once DINOv2's `do_train`
+    builds the dataset, after the model, FSDP and the optimizer. Stops at the first image found (cheap on big
+    folders). `Synthetic` and DINOv2's datasets are only parsed.
+
+    Raises:
+        ValueError: an unknown dataset, key or value (as `parse_dataset_str`).
+        FileNotFoundError: an `ImageFolder` root that is not a directory, or holds no image.
+    """
+    name, kwargs = parse_dataset_str(dataset_str)
+    if name != "ImageFolder":
+        return
+    root = kwargs.get("root")
+    if root is None:
+        raise ValueError(f"train.dataset_path: ImageFolder needs root=<dir>, got '{dataset_str}'")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"ImageFolder: root={root} is not a directory (train.dataset_path={dataset_str})")
+    max_bad_fraction = kwargs.get("max_bad_fraction", 0.01)
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ValueError(f"ImageFolder: max_bad_fraction={max_bad_fraction} is out of range; allowed 0..1")
+    classes = [d.path for d in os.scandir(root) if d.is_dir() and not d.name.startswith(".")]
+    if classes:
+        found = any(_is_image(f) for c in classes for _, _, files in os.walk(c) for f in files)
+    else:
+        found = any(_is_image(f) for f in os.listdir(root))
+    if not found:
+        raise FileNotFoundError(
+            f"ImageFolder: no images under root={root} (looked for {', '.join(IMG_EXTENSIONS)} files "
+            "in root/<class>/ or directly in root)"
+        )
+
+
+def check_training_dataset(cfg) -> None:
+    """`check_dataset_str(cfg.train.dataset_path)` when the run builds its dataset with this module's `make_dataset`."""
+    if cfg.train.get("dataset_builder", "") == f"{__name__}:make_dataset":
+        check_dataset_str(cfg.train.dataset_path)
+
+
 def make_dataset(
     *,
     dataset_str: str,
