@@ -174,8 +174,12 @@ def synthetic_homography_images(n: int, size: int, seed: int = 1):
 @torch.no_grad()
 def pair_features(backbone, sources: torch.Tensor, size: int, rho: float, generator: torch.Generator, device,
                   batch_size: int, translation_only: bool = False, desc: str = "pairs"):
-    """Token maps of A and B for every source image: ((N, 2D, h, w) [A; B] channels, (N, 4, 2) offsets in px)."""
-    feats, offsets = [], []
+    """Token maps of A and B for every source image.
+
+    Returns:
+        ((N, 2D, h, w) [A; B] channels, (N, 4, 2) corner offsets in px, (N, 2) patch positions (x, y) in px).
+    """
+    feats, offsets, positions = [], [], []
     starts = range(0, len(sources), batch_size)
     for start in progress(starts, total=len(starts), desc=desc):
         batch = sources[start:start + batch_size].float().div(255.0)
@@ -185,7 +189,8 @@ def pair_features(backbone, sources: torch.Tensor, size: int, rho: float, genera
         a, b = maps.chunk(2)
         feats.append(torch.cat([a, b], dim=1).cpu())
         offsets.append(pairs["offsets"])
-    return torch.cat(feats), torch.cat(offsets)
+        positions.append(pairs["position"])
+    return torch.cat(feats), torch.cat(offsets), torch.cat(positions)
 
 
 def fit_head(x_train, y_train, x_test, y_test, rho, epochs=40, patience=5, batch_size=64, lr=1e-3, seed=0,
@@ -280,7 +285,7 @@ def evaluate_homography(
     gen = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=gen)[: n_train + n_test].tolist()
     sources = load_source_images(dataset, indices, size)
-    x, y = pair_features(backbone, sources, size, rho, gen, device, batch_size, translation_only,
+    x, y, positions = pair_features(backbone, sources, size, rho, gen, device, batch_size, translation_only,
                          desc=f"homography features ({len(indices)} pairs)")
     fit = fit_head(x[:n_train], y[:n_train], x[n_train:], y[n_train:], rho, epochs, patience, batch_size, lr, seed,
                    device, hidden)
@@ -288,7 +293,7 @@ def evaluate_homography(
     examples = []  # a few test pairs for the picture
     for k in range(min(keep_examples, n_test)):
         examples.append({"source": sources[n_train + k].float().div(255.0), "offsets": y[n_train + k],
-                         "pred": fit["pred"][k]})
+                         "pred": fit["pred"][k], "position": positions[n_train + k]})
     return {
         "mce": fit["mce"], "mce_zero": fit["mce_zero"], "mce_frac": fit["mce"] / size, "val_mce": fit["val_mce"],
         "best_epoch": fit["best_epoch"], "epochs_run": fit["epochs_run"], "n_train": n_train, "n_test": n_test,
@@ -298,11 +303,7 @@ def evaluate_homography(
 
 
 def plot_homography(results: dict, path: str, title: str = "") -> None:
-    """Source images with the true (green) and predicted (red) displaced corners, around the mean patch position.
-
-    The corner offsets are drawn relative to the patch square (white) placed at the image centre: the picture shows
-    the error, not where the patch was cut.
-    """
+    """Held-out source images with patch A (white), the true (green) and the predicted (red) displaced corners."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -313,10 +314,8 @@ def plot_homography(results: dict, path: str, title: str = "") -> None:
     fig, axes = plt.subplots(1, len(ex), figsize=(2.2 * len(ex), 2.0), squeeze=False)
     for ax, e in zip(axes[0], ex):
         src = e["source"]
-        H, W = src.shape[-2:]
         ax.imshow(src.permute(1, 2, 0).numpy())
-        origin = torch.tensor([(W - size) / 2, (H - size) / 2])
-        sq = square_corners(size) + origin
+        sq = square_corners(size) + e["position"]
         for pts, style in ((sq, dict(color="white", lw=0.8)), (sq + e["offsets"], dict(color="lime", lw=1.2)),
                            (sq + e["pred"], dict(color="red", lw=1.0, ls="--"))):
             closed = torch.cat([pts, pts[:1]])
