@@ -135,7 +135,7 @@ def test_dinov2_launcher_runs_plugin_config(cluster, tmp_path):
 def test_sbatch_template_runs_two_ranks(cluster, tmp_path):
     # slurm/train.sbatch holds JUWELS Booster values: sbatch flags override them for the test cluster
     env = dict(cluster.env, OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}:{cluster.env['PATH']}")
-    flags = "--partition=debug --ntasks-per-node=2 --gpus-per-node=2 --cpus-per-task=1 --mem=2G --time=10".split()
+    flags = "--partition=debug --ntasks-per-node=2 --gres=gpu:2 --cpus-per-task=1 --mem=2G --time=10".split()
     flags.append(f"--output={tmp_path}/%x-%j.out")
     output_dir = tmp_path / "run"
     cmd = ["sbatch", "--parsable", *flags, str(REPO / "slurm" / "train.sbatch"), str(CONFIG), str(output_dir)]

@@ -59,9 +59,13 @@ def submitit_ranks(output_dir, job: str) -> dict[int, tuple[int, int]]:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_plugin_launcher_trains_on_two_nodes(cluster, tmp_path):
-    job, output_dir = submit(cluster, "-m dinov2_eqcoh.run.train --cluster-profile local --nodes 2 --ngpus 1", tmp_path)
+    # GPUs asked for as JUWELS' profile does (--gres=gpu:1 per node instead of --gpus-per-node=1)
+    launcher = "-m dinov2_eqcoh.run.train --cluster-profile local --nodes 2 --ngpus 1 --gpu-request gres"
+    job, output_dir = submit(cluster, launcher, tmp_path)
     wait_completed(cluster, job, output_dir)
 
+    assert "#SBATCH --gres=gpu:1" in (output_dir / f"{job}_submission.sh").read_text()
+    assert "gpu:1" in job_field(cluster, job, "TresPerNode")
     assert_two_rank_run(output_dir)  # both shards, both ranks' logs, the teacher checkpoint
     for rank, node in enumerate(MULTI_NODES):  # the plugin's Trainer names SLURM's node of each task
         announced = (output_dir / f"{job}_{rank}_log.out").read_text()

@@ -65,7 +65,11 @@ PROFILE_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "cpus_per_task": ("cpus_per_task", (int,)),
     "mem_gb": ("mem", (int, float)),
     "timeout_min": ("timeout", (int,)),
+    "gpu_request": ("gpu_request", (str,)),
 }
+# how the job asks for its GPUs: sbatch --gpus-per-node=G (submitit's and DINOv2's way) or --gres=gpu:G (what
+# JSC's own JUWELS Booster job scripts use, e.g. FZJ-JSC/tutorial-multi-gpu: `--partition booster --gres=gpu:4`)
+GPU_REQUESTS = ("gpus_per_node", "gres")
 
 
 # ---- profiles ----
@@ -145,6 +149,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per task, one task per GPU (DINOv2: 10)")
     parser.add_argument("--mem", type=float, default=None, metavar="GB", help="memory per node in GB; 0 = all of it")
     parser.add_argument(
+        "--gpu-request", choices=GPU_REQUESTS, default=None,
+        help="ask for the GPUs with --gpus-per-node=G (default) or --gres=gpu:G (JUWELS' profile)",
+    )
+    parser.add_argument(
         "--cluster-profile", default=None, metavar="NAME", help="slurm/profiles/NAME.yaml or a path to a YAML profile"
     )
     parser.add_argument(
@@ -174,6 +182,10 @@ def resolve_resources(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, dest, dinov2_parser.get_default(dest))
     if args.use_volta32 and args.constraint is None:
         args.constraint = "volta32gb"  # DINOv2's flag
+    if args.gpu_request is None:
+        args.gpu_request = "gpus_per_node"
+    if args.gpu_request not in GPU_REQUESTS:
+        raise ValueError(f"gpu_request must be one of {', '.join(GPU_REQUESTS)}, got {args.gpu_request!r}")
     if args.nodes < 1 or args.ngpus < 1:
         raise ValueError(f"--nodes and --ngpus must be >= 1, got {args.nodes} and {args.ngpus}")
     return args
@@ -206,6 +218,8 @@ def make_executor(args: argparse.Namespace, name: str) -> submitit.AutoExecutor:
     )
     if params["slurm_partition"] is None:
         del params["slurm_partition"]
+    if args.gpu_request == "gres":  # --gres=gpu:G instead of --gpus-per-node=G (same GPUs, one task each)
+        params["slurm_gres"] = f"gpu:{params.pop('gpus_per_node')}"
     executor = submitit.AutoExecutor(folder=args.output_dir, cluster=args.cluster, slurm_max_num_timeout=30)
     executor.update_parameters(name=name, **params)
     return executor
