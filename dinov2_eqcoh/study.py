@@ -55,6 +55,7 @@ DESCRIPTIONS = {
 METRICS = {
     "r2.rot": "R²(rot)", "r2.color": "R²(color)", "r2.blur": "R²(blur)", "r2.trans": "R²(trans)",
     "r2.se2": "R²(se2)", "r2.mean": "mean R²", "knn_top1": "k-NN top-1", "linear_top1": "linear top-1",
+    "dense.mce": "homography MCE (px, lower better)", "dense.jf_mean": "propagation J&F", "dense.miou": "segmentation mIoU",
     "dino_ratio_end": "DINO loss / ln K (end)", "dino_ratio_last_quarter_max": "DINO / ln K, last-quarter max",
 }
 HEADLINE = ("r2.rot", "r2.mean", "knn_top1")
@@ -234,14 +235,26 @@ def global_probes(name: str, backbone, size: int, args) -> dict:
             "blur_sigma_definition": out["equivariance"].get("blur_sigma_definition")}
 
 
-PROBE_GROUPS = {"global": global_probes}
+def dense_group(name: str, backbone, size: int, args) -> dict:
+    """The dense probes (homography MCE, label-propagation J&F, segmentation mIoU) at DENSE_SIZE px, built-in data."""
+    from dinov2_eqcoh.eval.dense import DEFAULT_SIZE, dense_probes
+
+    out = dense_probes(backbone, size=DEFAULT_SIZE, seed=0, quick=True)
+    return {"dense": {"mce": out["homography"]["mce"], "mce_zero": out["homography"]["mce_zero"],
+                      "jf_mean": out["propagation"]["jf_mean"], "j_mean": out["propagation"]["j_mean"],
+                      "f_mean": out["propagation"]["f_mean"], "miou": out["segmentation"]["miou"],
+                      "size": out["size"], "settings": out["settings"]}}
+
+
+PROBE_GROUPS = {"global": global_probes, "dense": dense_group}
 
 
 def score_backbone(name: str, backbone, size: int, score_path: Path, args, extra: dict) -> dict:
     """Run the probe groups missing from `score_path` (nothing already scored is run again) and save after each."""
     score = json.loads(score_path.read_text()) if score_path.exists() else {}
     score.update({k: v for k, v in extra.items() if k not in score})
-    for group, fn in PROBE_GROUPS.items():
+    for group in args.probes:
+        fn = PROBE_GROUPS[group]
         if group in score.get("probes_done", []):
             continue
         print(f"[study]   probing {name}: {group}", flush=True)
@@ -255,10 +268,10 @@ def score_backbone(name: str, backbone, size: int, score_path: Path, args, extra
     return score
 
 
-def all_scored(score_path: Path) -> bool:
+def all_scored(score_path: Path, groups) -> bool:
     if not score_path.exists():
         return False
-    return set(PROBE_GROUPS) <= set(json.loads(score_path.read_text()).get("probes_done", []))
+    return set(groups) <= set(json.loads(score_path.read_text()).get("probes_done", []))
 
 
 def score_run(model: str, seed: int, output_dir: Path, args) -> dict:
@@ -267,7 +280,7 @@ def score_run(model: str, seed: int, output_dir: Path, args) -> dict:
     name = run_name(model, seed)
     run_dir = output_dir / "runs" / name
     score_path = output_dir / "scores" / f"{name}.json"
-    if all_scored(score_path):
+    if all_scored(score_path, args.probes):
         return json.loads(score_path.read_text())
     backbone, cfg = load_backbone(run_dir / "model_final.rank_0.pth", config_file=run_dir / "config.yaml")
     train = json.loads((run_dir / "study_train.json").read_text())
@@ -285,7 +298,7 @@ def score_untrained(seed: int, config_run_dir: Path, output_dir: Path, args) -> 
 
     name = run_name("untrained", seed)
     score_path = output_dir / "scores" / f"{name}.json"
-    if all_scored(score_path):
+    if all_scored(score_path, args.probes):
         return json.loads(score_path.read_text())
     cfg = load_config(config_run_dir / "config.yaml")
     torch.manual_seed(seed)
@@ -487,6 +500,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-images", type=int, default=9000, help="held-out images for k-NN and linear")
     p.add_argument("--probe-epochs", type=int, default=100)
     p.add_argument("--features", default="concat", choices=("cls", "avgpool", "concat"))
+    p.add_argument("--probes", default="global,dense",
+                   help="probe groups: global (R² tasks, k-NN, linear) and dense (homography, propagation, "
+                        "segmentation at 64 px); a group added later is scored on the finished runs only")
     p.add_argument("--title", default="dinov2-eqcoh study", help="title of the picture")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, key=value")
     return p
@@ -500,6 +516,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"--config-file {args.config_file}: no such file")
     if not args.budget > 0:
         raise SystemExit(f"--budget {args.budget}: must be > 0")
+    args.probes = [g.strip() for g in args.probes.split(",") if g.strip()]
+    if not args.probes or any(g not in PROBE_GROUPS for g in args.probes):
+        raise SystemExit(f"--probes {','.join(args.probes)}: allowed groups {', '.join(PROBE_GROUPS)}")
     seeds = parse_seeds(args.seeds)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]

@@ -25,6 +25,9 @@ def test_demo_writes_the_documented_report(tmp_path):
         # where DINOv2's invariance term ended, against ln K of the run's own config (K = dino.head_n_prototypes)
         k = OmegaConf.load(out / name / "config.yaml").dino.head_n_prototypes
         assert m["dino_uniform"] == pytest.approx(math.log(k)) and m["dino_loss_end"] > 0
+        # the dense probes (issue 13) for every model: homography error against its zero-offset baseline, J&F, mIoU
+        d = m["dense"]
+        assert 0 < d["mce"] and d["mce_zero"] > 0 and 0 <= d["jf_mean"] <= 1 and 0 <= d["miou"] <= 1
     # the three runs really differ in the method's switches (and only there)
     cfgs = {n: (out / n / "config.yaml").read_text() for n in report["models"]}
     assert "loss_weight: 0" in cfgs["dinov2"] and "apply_to_view: false" in cfgs["dinov2"]
@@ -37,6 +40,7 @@ def test_demo_writes_the_documented_report(tmp_path):
     ref = report["reference"]["untrained"]
     assert set(ref["r2"]) == {"rot", "color", "blur", "trans", "se2", "mean"} and 0.0 <= ref["knn_top1"] <= 1.0
     assert "| untrained (reference) |" in (out / "report.md").read_text()
+    assert "mce" in ref["dense"] and "MCE px" in (out / "report.md").read_text()
     assert report["settings"]["class_images"] == 90 and report["settings"]["eval_images"] == 60
     assert "EqCoh against each baseline" in (out / "report.md").read_text()
     assert f"Command: `python -m dinov2_eqcoh.demo --output-dir {out} " in (out / "report.md").read_text()

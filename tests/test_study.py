@@ -12,7 +12,7 @@ from helpers import PYTHON, REPO, run
 from dinov2_eqcoh.study import interval, summarise
 
 TINY = ["--config-file", "configs/tiny/eqcoh_cpu.yaml", "--budget", "0.5", "--eval-images", "30",
-        "--class-images", "30", "--probe-epochs", "1"]
+        "--class-images", "30", "--probe-epochs", "1", "--probes", "global"]
 
 
 def _tree(folder):
