@@ -93,14 +93,12 @@ def probe_backbone(name: str, backbone, size: int, args) -> dict:
     r2 = dict(eq["r2"][args.features])
     dense = {}
     if getattr(args, "dense", True):
-        from dinov2_eqcoh.eval.dense import DEFAULT_SIZE, dense_probes
+        from dinov2_eqcoh.eval.dense import DEFAULT_SIZE, dense_probes, headline
 
         print(f"[demo] evaluating {name}: dense probes (homography, propagation, segmentation) at {DEFAULT_SIZE} px",
               flush=True)
-        d = dense_probes(backbone, size=DEFAULT_SIZE, seed=0, quick=True)
-        dense = {"dense": {"mce": d["homography"]["mce"], "mce_zero": d["homography"]["mce_zero"],
-                           "jf_mean": d["propagation"]["jf_mean"], "miou": d["segmentation"]["miou"],
-                           "size": d["size"], "settings": d["settings"]}}
+        dense = {"dense": headline(dense_probes(backbone, size=DEFAULT_SIZE, seed=0,
+                                                scale=args.dense_scale))}
     return {
         **dense,
         "r2": {t: r2[t] for t in (*R2_TASKS, "mean")},
@@ -241,6 +239,8 @@ def dense_cells(m: dict) -> str:
 
 
 def write_report(report: dict, output_dir: Path, command: str) -> None:
+    from dinov2_eqcoh.eval.dense import describe_settings
+
     models = report["models"]
     lines = [
         "# dinov2-eqcoh demo report",
@@ -284,7 +284,8 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
         "(8×8 patch tokens) on held-out built-in data: homography Mean Corner Error of a 3-layer conv head (DeTone's "
         "protocol, ρ = a quarter of the side; lower is better; predicting zero offsets scores "
         f"{next((m['dense']['mce_zero'] for m in rows.values() if m.get('dense')), float('nan')):.2f} px), J&F of DINO's "
-        "label propagation on synthetic videos, mIoU of a linear probe on the per-pixel labels.",
+        "label propagation on synthetic videos, mIoU of a linear probe on the per-pixel labels ("
+        + next((describe_settings(m["dense"]["settings"]) for m in rows.values() if m.get("dense")), "not run") + ").",
         "",
         "The untrained row probes a randomly initialised backbone of the same architecture: what the probes read "
         "from the images before any training. DINO loss / ln K: DINOv2's image-level (cross-view, invariance) term, "
@@ -313,6 +314,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-training", action="store_true", help="reuse the runs already in --output-dir")
     p.add_argument("--no-dense", dest="dense", action="store_false",
                    help="skip the dense probes (homography, propagation, segmentation; about a minute per model)")
+    p.add_argument("--dense-scale", type=float, default=1.0,
+                   help="multiplies the dense probes' image and video counts (1: 1600 homography pairs, 8 videos, "
+                        "800 segmentation images)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for all three runs, key=value")
     return p
 
@@ -326,6 +330,8 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; allowed: {', '.join(MODELS)}")
+    if not args.dense_scale > 0:
+        raise SystemExit(f"--dense-scale {args.dense_scale}: must be > 0")
     if not args.skip_training:
         # DINOv2 resumes from a checkpoint it finds in --output-dir: a run of an earlier (other) config would be
         # "continued" for zero iterations and reported as this one. Refuse before anything is trained.

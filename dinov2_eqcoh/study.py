@@ -126,6 +126,7 @@ def study_identity(args, base_epochs: int) -> dict:
         "class_images": args.class_images,
         "probe_epochs": args.probe_epochs,
         "features": args.features,
+        "dense_scale": args.dense_scale,
     }
 
 
@@ -223,7 +224,7 @@ def dino_trajectory(run_dir: Path, n_prototypes: int, iterations: int) -> dict:
 
 def probe_args(args) -> argparse.Namespace:
     return argparse.Namespace(eval_images=args.eval_images, class_images=args.class_images,
-                              probe_epochs=args.probe_epochs, features=args.features)
+                              probe_epochs=args.probe_epochs, features=args.features, dense=False)
 
 
 def global_probes(name: str, backbone, size: int, args) -> dict:
@@ -237,13 +238,9 @@ def global_probes(name: str, backbone, size: int, args) -> dict:
 
 def dense_group(name: str, backbone, size: int, args) -> dict:
     """The dense probes (homography MCE, label-propagation J&F, segmentation mIoU) at DENSE_SIZE px, built-in data."""
-    from dinov2_eqcoh.eval.dense import DEFAULT_SIZE, dense_probes
+    from dinov2_eqcoh.eval.dense import DEFAULT_SIZE, dense_probes, headline
 
-    out = dense_probes(backbone, size=DEFAULT_SIZE, seed=0, quick=True)
-    return {"dense": {"mce": out["homography"]["mce"], "mce_zero": out["homography"]["mce_zero"],
-                      "jf_mean": out["propagation"]["jf_mean"], "j_mean": out["propagation"]["j_mean"],
-                      "f_mean": out["propagation"]["f_mean"], "miou": out["segmentation"]["miou"],
-                      "size": out["size"], "settings": out["settings"]}}
+    return {"dense": headline(dense_probes(backbone, size=DEFAULT_SIZE, seed=0, scale=args.dense_scale))}
 
 
 PROBE_GROUPS = {"global": global_probes, "dense": dense_group}
@@ -403,11 +400,27 @@ def write_report(study: dict, output_dir: Path) -> None:
         "loss / ln K: DINOv2's cross-view (invariance) term over its uniform-solution value (1 = nothing learned); "
         "'last-quarter max' is its largest logged value over the last quarter of training.",
         "",
+        *dense_paragraph(study),
         "Every per-seed figure is in `study.json` (`scores`, and `summary.per_model.*.per_seed`).",
         "",
         "![study](study.png)",
     ]
     (output_dir / "study.md").write_text("\n".join(lines) + "\n")
+
+
+def dense_paragraph(study: dict) -> list[str]:
+    """How the dense rows were made (only when a score has them)."""
+    from dinov2_eqcoh.eval.dense import describe_settings
+
+    dense = next((sc["dense"] for by in study["scores"].values() for sc in by.values() if "dense" in sc), None)
+    if dense is None:
+        return []
+    return [f"Dense probes (`dinov2_eqcoh.eval.dense.dense_probes`, README \"Dense probes\"): the frozen teacher "
+            f"backbone at {dense['size']} px on held-out built-in data (data seed 1, probe seed 0, the same for every "
+            f"run; {describe_settings(dense['settings'])}): homography Mean Corner Error of a 3-layer conv head "
+            "(DeTone's protocol, ρ = a quarter of the side; lower is better; predicting zero offsets scores "
+            f"{dense['mce_zero']:.2f} px), J&F of DINO's label propagation, mIoU of a linear probe on patch tokens.",
+            ""]
 
 
 def plot_study(study: dict, path: Path) -> None:
@@ -417,7 +430,8 @@ def plot_study(study: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = study["summary"]
-    keys = [k for k in ("r2.rot", "r2.mean", "r2.blur", "knn_top1", "linear_top1")
+    keys = [k for k in ("r2.rot", "r2.mean", "r2.blur", "knn_top1", "linear_top1", "dense.mce", "dense.jf_mean",
+                        "dense.miou")
             if any(k in pm for pm in s["per_model"].values())]
     models = [m for m in ("untrained", *MODELS) if m in s["per_model"]]
     comps = [c for c in s["paired"] if "untrained" not in c]
@@ -503,6 +517,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", default="global,dense",
                    help="probe groups: global (R² tasks, k-NN, linear) and dense (homography, propagation, "
                         "segmentation at 64 px); a group added later is scored on the finished runs only")
+    p.add_argument("--dense-scale", type=float, default=1.0,
+                   help="multiplies the dense probes' image and video counts (1 = the demo's; dense_probes)")
     p.add_argument("--title", default="dinov2-eqcoh study", help="title of the picture")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, key=value")
     return p
@@ -516,6 +532,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--config-file {args.config_file}: no such file")
     if not args.budget > 0:
         raise SystemExit(f"--budget {args.budget}: must be > 0")
+    if not args.dense_scale > 0:
+        raise SystemExit(f"--dense-scale {args.dense_scale}: must be > 0")
     args.probes = [g.strip() for g in args.probes.split(",") if g.strip()]
     if not args.probes or any(g not in PROBE_GROUPS for g in args.probes):
         raise SystemExit(f"--probes {','.join(args.probes)}: allowed groups {', '.join(PROBE_GROUPS)}")

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 def test_demo_writes_the_documented_report(tmp_path):
     out = tmp_path / "demo"
     proc = run([PYTHON, "-m", "dinov2_eqcoh.demo", "--output-dir", out, "--config-file", "configs/tiny/eqcoh_cpu.yaml",
-                "--eval-images", "60", "--class-images", "90", "--probe-epochs", "2"], timeout=600)
+                "--eval-images", "60", "--class-images", "90", "--probe-epochs", "2", "--dense-scale", "0.05"],
+               timeout=600)
     assert "report.md" in proc.stdout  # it says where the results are
     report = json.loads((out / "report.json").read_text())
     assert list(report["models"]) == ["dinov2", "dinov2_aug", "eqcoh"]
@@ -28,6 +29,7 @@ def test_demo_writes_the_documented_report(tmp_path):
         # the dense probes (issue 13) for every model: homography error against its zero-offset baseline, J&F, mIoU
         d = m["dense"]
         assert 0 < d["mce"] and d["mce_zero"] > 0 and 0 <= d["jf_mean"] <= 1 and 0 <= d["miou"] <= 1
+        assert d["settings"]["homography"] == {"n_train": 60, "n_test": 20}  # --dense-scale 0.05 of 1200 / 400
     # the three runs really differ in the method's switches (and only there)
     cfgs = {n: (out / n / "config.yaml").read_text() for n in report["models"]}
     assert "loss_weight: 0" in cfgs["dinov2"] and "apply_to_view: false" in cfgs["dinov2"]
@@ -41,6 +43,7 @@ def test_demo_writes_the_documented_report(tmp_path):
     assert set(ref["r2"]) == {"rot", "color", "blur", "trans", "se2", "mean"} and 0.0 <= ref["knn_top1"] <= 1.0
     assert "| untrained (reference) |" in (out / "report.md").read_text()
     assert "mce" in ref["dense"] and "MCE px" in (out / "report.md").read_text()
+    assert "homography 60 train / 20 test pairs" in (out / "report.md").read_text()
     assert report["settings"]["class_images"] == 90 and report["settings"]["eval_images"] == 60
     assert "EqCoh against each baseline" in (out / "report.md").read_text()
     assert f"Command: `python -m dinov2_eqcoh.demo --output-dir {out} " in (out / "report.md").read_text()
@@ -57,3 +60,7 @@ def test_demo_refuses_an_output_dir_with_an_earlier_run(tmp_path):
     assert f"{run_dir} already hold(s) a training run" in proc.stdout
     assert not (tmp_path / "demo" / "dinov2").exists()  # refused before any training
     assert (run_dir / "last_checkpoint.rank_0").read_text() == "model_0000349.rank_0.pth"  # nothing lost
+    bad = run([PYTHON, "-m", "dinov2_eqcoh.demo", "--output-dir", tmp_path / "demo2", "--dense-scale", "0"],
+              check=False, timeout=120)
+    assert bad.returncode != 0 and "--dense-scale 0.0: must be > 0" in bad.stdout
+    assert not (tmp_path / "demo2" / "dinov2").exists()

@@ -419,9 +419,17 @@ def test_entry_points_on_builtin_davis_and_ade20k_data(random_vit, tmp_path):
 
 
 def test_dense_probes_on_the_builtin_data_returns_the_headline_numbers():
-    from dinov2_eqcoh.eval.dense import dense_probes
+    from dinov2_eqcoh.eval.dense import dense_probes, describe_settings, headline
 
-    out = dense_probes(PatchMean(8), size=16, device="cpu", seed=0)
+    out = dense_probes(PatchMean(8), size=16, device="cpu", seed=0, scale=0.5)
     assert set(out) >= {"homography", "propagation", "segmentation", "seconds"}
     assert 0 < out["homography"]["mce"] < out["homography"]["mce_zero"]
     assert 0 <= out["propagation"]["jf_mean"] <= 1 and 0 <= out["segmentation"]["miou"] <= 1
+    assert out["settings"] == {"homography": {"n_train": 600, "n_test": 200}, "propagation": {"videos": 4, "frames": 12},
+                               "segmentation": {"n_train": 300, "n_test": 100}}
+    h = headline(out)
+    assert h["mce"] == out["homography"]["mce"] and h["jf_mean"] == out["propagation"]["jf_mean"]
+    assert h["miou"] == out["segmentation"]["miou"] and h["size"] == 16
+    assert describe_settings(out["settings"]).startswith("homography 600 train / 200 test pairs, propagation 4 videos")
+    with pytest.raises(ValueError, match="scale 0 must be > 0"):
+        dense_probes(PatchMean(8), size=16, device="cpu", scale=0)

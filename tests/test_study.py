@@ -12,7 +12,7 @@ from helpers import PYTHON, REPO, run
 from dinov2_eqcoh.study import interval, summarise
 
 TINY = ["--config-file", "configs/tiny/eqcoh_cpu.yaml", "--budget", "0.5", "--eval-images", "30",
-        "--class-images", "30", "--probe-epochs", "1", "--probes", "global"]
+        "--class-images", "30", "--probe-epochs", "1", "--probes", "global", "--dense-scale", "0.01"]
 
 
 def _tree(folder):
@@ -37,46 +37,63 @@ def test_interval_and_pairing_by_seed():
 @pytest.mark.slow
 def test_study_trains_scores_resumes_and_refuses_another_configuration(tmp_path):
     out = tmp_path / "study"
-    cmd = [PYTHON, "-m", "dinov2_eqcoh.study", "--output-dir", out, "--models", "dinov2,eqcoh", "--seeds", "2", *TINY]
+    # one model x two seeds: the pairing by seed is the same code for every pair of models (dinov2 - untrained here)
+    cmd = [PYTHON, "-m", "dinov2_eqcoh.study", "--output-dir", out, "--models", "dinov2", "--seeds", "2", *TINY]
     # interrupt the study while it trains its second run: it loses that run only
     proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **_env()})
     for line in proc.stdout:
-        if "run 2 of 4" in line and "training eqcoh_s0" in line:
+        if "run 2 of 2" in line and "training dinov2_s1" in line:
             break
     for line in proc.stdout:  # kill it once DINOv2 has started writing the run folder
-        if "eqcoh_s0 [" in line:
+        if "dinov2_s1 [" in line:
             break
-    subprocess.run(["pkill", "-KILL", "-f", str(out / "runs" / "eqcoh_s0")])
+    subprocess.run(["pkill", "-KILL", "-f", str(out / "runs" / "dinov2_s1")])
     proc.kill()
     proc.wait()
     assert (out / "runs" / "dinov2_s0" / "study_train.json").exists()
-    assert not (out / "runs" / "eqcoh_s0" / "study_train.json").exists()
+    assert not (out / "runs" / "dinov2_s1" / "study_train.json").exists()
     first = (out / "runs" / "dinov2_s0" / "model_final.rank_0.pth").stat().st_mtime_ns
     first_score = (out / "scores" / "dinov2_s0.json").read_bytes()
 
     resumed = run(cmd, timeout=900).stdout
-    assert "4 runs" in resumed and "1 finished, 3 to train" in resumed
+    assert "2 runs" in resumed and "1 finished, 1 to train" in resumed
     assert "training dinov2_s0" not in resumed and "removing the unfinished run" in resumed
     assert (out / "runs" / "dinov2_s0" / "model_final.rank_0.pth").stat().st_mtime_ns == first
     assert (out / "scores" / "dinov2_s0.json").read_bytes() == first_score, "a finished run was scored again"
     study = json.loads((out / "study.json").read_text())
-    assert study["runs_finished"] == 4 and set(study["scores"]) == {"untrained", "dinov2", "eqcoh"}
+    assert study["runs_finished"] == 2 and set(study["scores"]) == {"untrained", "dinov2"}
     assert all(set(study["scores"][m]) == {"0", "1"} for m in study["scores"])
-    per = study["summary"]["per_model"]["eqcoh"]["r2.rot"]
+    per = study["summary"]["per_model"]["dinov2"]["r2.rot"]
     assert per["n"] == 2 and set(per["per_seed"]) == {"0", "1"}
-    pair = study["summary"]["paired"]["eqcoh - dinov2"]["r2.rot"]
-    expected = [study["scores"]["eqcoh"][s]["r2"]["rot"] - study["scores"]["dinov2"][s]["r2"]["rot"] for s in "01"]
+    pair = study["summary"]["paired"]["dinov2 - untrained"]["r2.rot"]
+    expected = [study["scores"]["dinov2"][s]["r2"]["rot"] - study["scores"]["untrained"][s]["r2"]["rot"] for s in "01"]
     assert pair["per_seed"] == dict(zip("01", expected))
     # the two seeds really are two runs
     assert study["scores"]["dinov2"]["0"]["dino_ratio"] != study["scores"]["dinov2"]["1"]["dino_ratio"]
-    assert (out / "study.png").stat().st_size > 10_000 and "eqcoh - dinov2" in (out / "study.md").read_text()
+    assert (out / "study.png").stat().st_size > 10_000 and "dinov2 - untrained" in (out / "study.md").read_text()
 
     # the same command again: nothing is trained or scored
     before = _tree(out / "scores")
     again = run(cmd, timeout=300).stdout
     assert "0 to train" in again and "probing" not in again and "training " not in again
     assert _tree(out / "scores") == before
+
+    # a probe group added later is scored on the finished runs only; nothing global is run again
+    bookkeeping = ("probes_done", "probe_seconds", "dense")
+    global_before = {p.name: {k: v for k, v in json.loads(p.read_text()).items() if k not in bookkeeping}
+                     for p in (out / "scores").glob("*.json")}
+    denser = run([*cmd[:cmd.index("global")], "global,dense", *cmd[cmd.index("global") + 1:]], timeout=300).stdout
+    assert "0 to train" in denser and "training " not in denser and ": global" not in denser
+    assert denser.count(": dense") == len(global_before) == 4  # 2 runs + the untrained backbone of each seed
+    study = json.loads((out / "study.json").read_text())
+    for p in (out / "scores").glob("*.json"):
+        score = json.loads(p.read_text())
+        assert score["probes_done"] == ["global", "dense"]
+        assert {k: v for k, v in score.items() if k not in bookkeeping} == global_before[p.name]
+        assert score["dense"]["mce_zero"] > 0 and 0 <= score["dense"]["miou"] <= 1
+    assert "dense.mce" in study["summary"]["paired"]["dinov2 - untrained"]
+    assert "homography MCE" in (out / "study.md").read_text() and "Dense probes" in (out / "study.md").read_text()
 
     # another configuration into this folder is refused by name, and the folder is left as it was
     before = _tree(out)
@@ -100,7 +117,8 @@ def _env():
 
 def test_bad_arguments_are_named(tmp_path):
     for args, text in ((["--seeds", "two"], "--seeds"), (["--models", "dinov3"], "unknown ['dinov3']"),
-                       (["--budget", "0"], "--budget")):
+                       (["--budget", "0"], "--budget"), (["--dense-scale", "0"], "--dense-scale"),
+                       (["--probes", "global,depth"], "allowed groups global, dense")):
         proc = run([sys.executable, "-m", "dinov2_eqcoh.study", "--output-dir", tmp_path / "s", *args], check=False)
         assert proc.returncode != 0 and text in proc.stdout, proc.stdout
     assert not (tmp_path / "s").exists()

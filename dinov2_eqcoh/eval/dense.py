@@ -96,19 +96,20 @@ def dense_probes(
     size: int = DEFAULT_SIZE,
     device: torch.device | str | None = None,
     seed: int = 0,
-    quick: bool = True,
+    scale: float = 1.0,
 ) -> dict:
     """The three dense probes of one frozen backbone on the built-in data (held-out scenes, data seed 1).
 
-    quick=True (the demo / study setting, about a minute per demo-sized backbone on one CPU core):
-        homography 1200 train / 400 test pairs, propagation 8 videos x 12 frames, segmentation 600 / 200 images.
-    quick=False: 4x the images and videos.
+    scale=1 (the demo / study setting, about a minute per demo-sized backbone on one CPU core):
+        homography 1200 train / 400 test pairs, propagation 8 videos x 12 frames, segmentation 600 / 200 images;
+    other scales multiply the image and video counts (at least 1 video, 8 train and 4 test images per probe).
 
     Args:
         backbone: frozen encoder with DINOv2's `forward_features` (patch tokens); not modified.
         size: the probe resolution in px (patch and frame side; a multiple of the patch size).
         device: where features and probes run (default: cuda when available).
         seed: probe initialisation, pair sampling and train/test order.
+        scale: multiplies the number of images and videos (> 0).
 
     Returns:
         {"homography": {"mce", "mce_zero"}, "propagation": {"jf_mean", "j_mean", "f_mean"},
@@ -120,13 +121,15 @@ def dense_probes(
     from dinov2_eqcoh.eval.segmentation import evaluate_segmentation
 
     device = torch.device(device) if device is not None else default_device()
-    k = 1 if quick else 4
+    if not scale > 0:
+        raise ValueError(f"dense_probes: scale {scale} must be > 0")
+    n = lambda base, least: max(least, round(base * scale))  # noqa: E731
     settings = {
-        "homography": {"n_train": 1200 * k, "n_test": 400 * k},
-        "propagation": {"videos": 8 * k, "frames": 12},
-        "segmentation": {"n_train": 600 * k, "n_test": 200 * k},
+        "homography": {"n_train": n(1200, 8), "n_test": n(400, 4)},
+        "propagation": {"videos": n(8, 1), "frames": 12},
+        "segmentation": {"n_train": n(600, 8), "n_test": n(200, 4)},
     }
-    out: dict = {"size": size, "seconds": {}, "settings": settings, "quick": quick, "seed": seed}
+    out: dict = {"size": size, "seconds": {}, "settings": settings, "scale": scale, "seed": seed}
 
     t0 = time.time()
     hs = settings["homography"]
@@ -158,4 +161,19 @@ def dense_probes(
     return out
 
 
-__all__ = ["DEFAULT_SIZE", "dense_probes", "patch_token_maps", "normalise", "parse_spec", "patch_size_of"]
+def headline(out: dict) -> dict:
+    """The figures a report keeps from `dense_probes(...)`: MCE (and its zero-offset baseline), J&F (J, F), mIoU."""
+    return {"mce": out["homography"]["mce"], "mce_zero": out["homography"]["mce_zero"],
+            "jf_mean": out["propagation"]["jf_mean"], "j_mean": out["propagation"]["j_mean"],
+            "f_mean": out["propagation"]["f_mean"], "miou": out["segmentation"]["miou"],
+            "size": out["size"], "settings": out["settings"]}
+
+
+def describe_settings(settings: dict) -> str:
+    """`dense_probes(...)["settings"]` in words, for reports."""
+    h, p, g = settings["homography"], settings["propagation"], settings["segmentation"]
+    return (f"homography {h['n_train']} train / {h['n_test']} test pairs, propagation {p['videos']} videos × "
+            f"{p['frames']} frames, segmentation {g['n_train']} / {g['n_test']} images")
+
+
+__all__ = ["DEFAULT_SIZE", "dense_probes", "headline", "describe_settings", "patch_token_maps", "normalise", "parse_spec", "patch_size_of"]
