@@ -261,8 +261,8 @@ class Trainer(DINOv2Trainer):
         )
 
 
-def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, submitit.AutoExecutor]:
-    """Parse the command line, apply the profile and build the executor (nothing is submitted).
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line and apply the profile (nothing is built or submitted).
 
     Raises:
         ValueError: a bad profile or flag, or a missing config file.
@@ -271,26 +271,35 @@ def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, submitit
     if not os.path.isfile(args.config_file):
         raise ValueError(f"--config-file {args.config_file!r} does not exist")
     args.output_dir = os.path.abspath(args.output_dir or DEFAULT_OUTPUT_DIR)
+    return args
+
+
+def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, submitit.AutoExecutor]:
+    """`parse`, then build the executor (nothing is submitted)."""
+    args = parse(argv)
     return args, make_executor(args, name=JOB_NAME)
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
-        args, executor = prepare(argv)
-        # a folder that holds another model is refused now, not after the job has queued (dinov2_eqcoh.run_folder)
+        args = parse(argv)
+        # a folder that holds another model is refused now, before the executor exists and long before the job has
+        # queued (dinov2_eqcoh.run_folder)
         plan = check_before_submit(args.config_file, args.opts or [], args.output_dir, args.no_resume)
         if plan is not None and plan.action != "new":
             logger.info(f"output folder, when the job starts: {plan.summary()}")
         if args.dry_run:
-            print(render_sbatch(executor), end="")
+            print(render_sbatch(make_executor(args, name=JOB_NAME)), end="")
             return 0
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.cluster == "slurm" and shutil.which("sbatch") is None:
-        print("error: sbatch is not on PATH: submit from a SLURM login node, or use --cluster local", file=sys.stderr)
+    if args.cluster == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+        print("error: sbatch or srun is not on PATH: submit from a SLURM login node, or use --cluster local",
+              file=sys.stderr)
         return 2
+    executor = make_executor(args, name=JOB_NAME)
 
     job = executor.submit(Trainer(args))
     output_dir = args.output_dir.replace("%j", str(job.job_id))
