@@ -239,7 +239,7 @@ def dense_cells(m: dict) -> str:
 
 
 def write_report(report: dict, output_dir: Path, command: str) -> None:
-    from dinov2_eqcoh.eval.dense import describe_settings
+    from dinov2_eqcoh.eval.dense import describe
 
     models = report["models"]
     lines = [
@@ -280,12 +280,8 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
         f"on the CLS token, {report['settings']['class_images']} "
         "held-out images (2/3 reference/fit, 1/3 scored), 10 classes (chance 10 %).",
         "",
-        "Dense probes (`dinov2_eqcoh.eval.dense.dense_probes`, README \"Dense probes\"): the frozen backbone at 64 px "
-        "(8×8 patch tokens) on held-out built-in data: homography Mean Corner Error of a 3-layer conv head (DeTone's "
-        "protocol, ρ = a quarter of the side; lower is better; predicting zero offsets scores "
-        f"{next((m['dense']['mce_zero'] for m in rows.values() if m.get('dense')), float('nan')):.2f} px), J&F of DINO's "
-        "label propagation on synthetic videos, mIoU of a linear probe on the per-pixel labels ("
-        + next((describe_settings(m["dense"]["settings"]) for m in rows.values() if m.get("dense")), "not run") + ").",
+        "Dense probes (`dinov2_eqcoh.eval.dense.dense_probes`, README \"Dense probes\"): "
+        + next((describe(m["dense"]) for m in rows.values() if m.get("dense")), "not run") + ".",
         "",
         "The untrained row probes a randomly initialised backbone of the same architecture: what the probes read "
         "from the images before any training. DINO loss / ln K: DINOv2's image-level (cross-view, invariance) term, "

@@ -410,17 +410,13 @@ def write_report(study: dict, output_dir: Path) -> None:
 
 def dense_paragraph(study: dict) -> list[str]:
     """How the dense rows were made (only when a score has them)."""
-    from dinov2_eqcoh.eval.dense import describe_settings
+    from dinov2_eqcoh.eval.dense import describe
 
     dense = next((sc["dense"] for by in study["scores"].values() for sc in by.values() if "dense" in sc), None)
     if dense is None:
         return []
-    return [f"Dense probes (`dinov2_eqcoh.eval.dense.dense_probes`, README \"Dense probes\"): the frozen teacher "
-            f"backbone at {dense['size']} px on held-out built-in data (data seed 1, probe seed 0, the same for every "
-            f"run; {describe_settings(dense['settings'])}): homography Mean Corner Error of a 3-layer conv head "
-            "(DeTone's protocol, ρ = a quarter of the side; lower is better; predicting zero offsets scores "
-            f"{dense['mce_zero']:.2f} px), J&F of DINO's label propagation, mIoU of a linear probe on patch tokens.",
-            ""]
+    return [f"Dense probes (`dinov2_eqcoh.eval.dense.dense_probes`, README \"Dense probes\"), the same for every run "
+            f"(probe seed 0) on the final teacher: {describe(dense)}.", ""]
 
 
 def plot_study(study: dict, path: Path) -> None:
