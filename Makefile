@@ -1,7 +1,7 @@
 # dinov2-eqcoh: every target does its own set-up on a fresh machine.
 #   make test      venv + dependencies + patched DINOv2, then the test suite (CPU, ~10 min on 2 cores)
 #   make demo      the main job: three models on the built-in dataset, probes, report in out/demo/
-#   make study     training seeds x models with paired 95 % intervals (dinov2_eqcoh.study), out/study/
+#   make study     training seeds x models with paired 95 % intervals (dinov2_eqcoh.experiments.study), out/study/
 #   make dinov2    (re)install DINOv2 at the pin with patches/ applied; DINOV2_SRC=<git URL or local clone>
 SHELL := /bin/bash
 PY ?= python3
@@ -37,16 +37,16 @@ test: build/dinov2.stamp
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 demo: build/dinov2.stamp
-	$(PYTHON) -m dinov2_eqcoh.demo --output-dir $(DEMO_OUT)
+	$(PYTHON) -m dinov2_eqcoh.experiments.demo --output-dir $(DEMO_OUT)
 
 study: build/dinov2.stamp
-	$(PYTHON) -m dinov2_eqcoh.study --output-dir $(STUDY_OUT) $(STUDY_ARGS)
+	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir $(STUDY_OUT) $(STUDY_ARGS)
 
 study-learned: build/dinov2.stamp
-	$(PYTHON) -m dinov2_eqcoh.study --output-dir out/study_learned --title "learned-invariance regime" $(STUDY_ARGS) $(LEARNED_OPTS)
+	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_learned --title "learned-invariance regime" $(STUDY_ARGS) $(LEARNED_OPTS)
 
 bench: build/dinov2.stamp
-	$(PYTHON) -m dinov2_eqcoh.bench
+	$(PYTHON) -m dinov2_eqcoh.experiments.bench
 
 lint: $(VENV)/.installed
 	$(PYTHON) -m ruff check dinov2_eqcoh tests

@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "EqCohMetaArch": "dinov2_eqcoh.meta_arch",
-    "build_data_transform": "dinov2_eqcoh.data.augmentation",
-    "build_collate_fn": "dinov2_eqcoh.data.collate",
+    "build_data_transform": "dinov2_eqcoh.method.augmentation",
+    "build_collate_fn": "dinov2_eqcoh.method.collate",
     "make_dataset": "dinov2_eqcoh.data.datasets",
 }
 

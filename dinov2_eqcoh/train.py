@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     pin = _upstream.pin()
     # printed: DINOv2's main sets up logging only later
     print(f"dinov2_eqcoh: DINOv2 {pin.get('url', '?')} @ {pin.get('commit', '?')} + patches/", flush=True)
-    from dinov2_eqcoh.run_folder import RunFolderError
+    from dinov2_eqcoh.run.folder import RunFolderError
 
     try:
         dinov2_main(args)

@@ -1,7 +1,7 @@
 """The method's augmentation and collate against DINOv2's own DataAugmentationDINO and collate_data_and_cast, and
 `render_views`, which renders v2 = g_θ(u) and the targets u_k of a collated batch.
 
-Configs come from `dinov2_eqcoh.config.load_default_config()` (DINOv2's defaults + the plugin's `eqcoh` block) with
+Configs come from `dinov2_eqcoh.method.config.load_default_config()` (DINOv2's defaults + the plugin's `eqcoh` block) with
 small crops; images from the built-in Synthetic dataset.
 """
 
@@ -19,11 +19,11 @@ from dinov2.train.train import build_collate_fn as dinov2_build_collate_fn
 from dinov2.train.train import build_data_transform as dinov2_build_data_transform
 from omegaconf import OmegaConf
 
-from dinov2_eqcoh import transforms as T
-from dinov2_eqcoh.config import load_default_config
-from dinov2_eqcoh.data.augmentation import DataAugmentationEqCoh, build_data_transform, render_views
-from dinov2_eqcoh.data.collate import build_collate_fn, collate_eqcoh
 from dinov2_eqcoh.data.datasets import SyntheticGlyphs
+from dinov2_eqcoh.method import transforms as T
+from dinov2_eqcoh.method.augmentation import DataAugmentationEqCoh, build_data_transform, render_views
+from dinov2_eqcoh.method.collate import build_collate_fn, collate_eqcoh
+from dinov2_eqcoh.method.config import load_default_config
 
 
 def make_cfg(G=32, patch=8, local=16, n_local=2, **eqcoh):

@@ -8,13 +8,13 @@ import torch
 from helpers import PYTHON, dinov2_cfg, run
 from torch import nn
 
-from dinov2_eqcoh.checkpoints import (
+from dinov2_eqcoh.models import vit_test
+from dinov2_eqcoh.weights.checkpoints import (
     build_backbone_for_checkpoint,
     load_backbone,
     load_backbone_state_dict,
     load_pretrained_backbone,
 )
-from dinov2_eqcoh.models import vit_test
 
 TINY = "configs/tiny/dinov2_cpu.yaml"
 
@@ -33,7 +33,7 @@ def _released_vit_test(img_size, registers=0, seed=0):
 
 
 def _unchunked(state):
-    from dinov2_eqcoh.checkpoints import unchunk_state_dict
+    from dinov2_eqcoh.weights.checkpoints import unchunk_state_dict
 
     return unchunk_state_dict(state)
 
@@ -141,7 +141,7 @@ def tiny_run(tmp_path_factory):
 
 
 def _raw_training_model(run_dir):
-    from dinov2_eqcoh.checkpoints import load_checkpoint_file
+    from dinov2_eqcoh.weights.checkpoints import load_checkpoint_file
 
     return load_checkpoint_file(run_dir / "model_final.rank_0.pth")["model"]
 
@@ -193,7 +193,7 @@ def test_export_round_trip_through_dinov2_hub_constructor(tiny_run, tmp_path):
     from omegaconf import OmegaConf
 
     out = tmp_path / "exported" / "backbone.pth"
-    run([PYTHON, "-m", "dinov2_eqcoh.export", "--config-file", tiny_run / "config.yaml",
+    run([PYTHON, "-m", "dinov2_eqcoh.weights.export", "--config-file", tiny_run / "config.yaml",
          "--checkpoint", tiny_run / "model_final.rank_0.pth", "--output", out])
     raw = torch.load(out, map_location="cpu", weights_only=True)
     assert "cls_token" in raw and "blocks.1.norm1.weight" in raw
@@ -220,7 +220,7 @@ def test_export_round_trip_through_dinov2_hub_constructor(tiny_run, tmp_path):
     # exporting from the teacher checkpoint, with the run's config found on its own, writes the same tensors
     again = tmp_path / "again.pth"
     teacher_ckpt = sorted(tiny_run.glob("eval/*/teacher_checkpoint.pth"))[-1]
-    run([PYTHON, "-m", "dinov2_eqcoh.export", "--checkpoint", teacher_ckpt, "--output", again])
+    run([PYTHON, "-m", "dinov2_eqcoh.weights.export", "--checkpoint", teacher_ckpt, "--output", again])
     raw2 = torch.load(again, map_location="cpu", weights_only=True)
     assert sorted(raw2) == sorted(raw) and all(torch.equal(raw2[k], raw[k]) for k in raw)
 
@@ -237,7 +237,7 @@ def test_eqcoh_run_backbone_exports_and_loads_like_dinov2s(tmp_path):
     teacher_ckpt = sorted(out.glob("eval/*/teacher_checkpoint.pth"))[-1]
     assert any(k.startswith("eqcoh_") for k in torch.load(teacher_ckpt, weights_only=True)["teacher"])
     exported = tmp_path / "eqcoh_backbone.pth"
-    run([PYTHON, "-m", "dinov2_eqcoh.export", "--checkpoint", out / "model_final.rank_0.pth", "--output", exported])
+    run([PYTHON, "-m", "dinov2_eqcoh.weights.export", "--checkpoint", out / "model_final.rank_0.pth", "--output", exported])
     raw = torch.load(exported, map_location="cpu", weights_only=True)
     assert not any("eqcoh" in k or "head" in k for k in raw)
 

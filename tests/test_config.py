@@ -9,7 +9,7 @@ ALL_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").
 
 
 def load(config_file=TINY, *opts):
-    from dinov2_eqcoh.config import load_config
+    from dinov2_eqcoh.method.config import load_config
 
     return load_config(config_file, opts)
 
@@ -21,7 +21,7 @@ def test_configs_folder_is_not_empty():
 
 @pytest.mark.parametrize("config_file", ALL_CONFIGS)
 def test_every_config_loads_in_struct_mode(config_file):
-    from dinov2_eqcoh.config import ConfigError
+    from dinov2_eqcoh.method.config import ConfigError
 
     cfg = load(REPO / config_file)
     assert OmegaConf.is_struct(cfg)
@@ -30,13 +30,13 @@ def test_every_config_loads_in_struct_mode(config_file):
     raw = OmegaConf.load(REPO / config_file)
     if OmegaConf.select(raw, "train.meta_arch"):  # the plugin's configs: DINOv2 itself goes through build_cfg
         assert cfg.train.meta_arch == "dinov2_eqcoh.meta_arch:EqCohMetaArch"
-        assert cfg.train.collate_fn == "dinov2_eqcoh.data.collate:build_collate_fn"
+        assert cfg.train.collate_fn == "dinov2_eqcoh.method.collate:build_collate_fn"
     # and a typo in that file would not load
     bad = OmegaConf.merge(raw, {"eqcoh": {"loss_wieght": 1.0}})
     with pytest.raises(ConfigError, match=r"eqcoh\.loss_wieght.*eqcoh\.loss_weight"):
         from dinov2.configs import dinov2_default_config
 
-        from dinov2_eqcoh.config import build_cfg
+        from dinov2_eqcoh.method.config import build_cfg
 
         build_cfg(OmegaConf.create(dinov2_default_config), bad, OmegaConf.create())
 
@@ -57,14 +57,15 @@ def test_merge_order_dinov2_default_then_plugin_default_then_file_then_cli():
 def test_plugin_default_only_adds_keys_and_both_precision_blocks():
     from dinov2.configs import dinov2_default_config
 
-    from dinov2_eqcoh.config import load_default_config, load_plugin_default_config
+    from dinov2_eqcoh.method.config import load_default_config, load_plugin_default_config
 
     plugin = load_plugin_default_config()
     assert set(plugin) == {"train", "eqcoh", "compute_precision"}
     assert "eqcoh" not in dinov2_default_config
     assert set(plugin.train) == {"data_transform", "collate_fn", "dataset_builder"}  # DINOv2's seams, nothing else
+    assert set(plugin.compute_precision.student) == {"eqcoh_head", "eqcoh_decoders"}
+    assert set(plugin.compute_precision.teacher) == {"eqcoh_head"}  # the teacher has no decoders
     for side in ("student", "teacher"):
-        assert set(plugin.compute_precision[side]) == {"eqcoh_head", "eqcoh_decoders"}
         assert not set(plugin.compute_precision[side]) & set(dinov2_default_config.compute_precision[side])
     merged = load_default_config()
     assert merged.student.arch == dinov2_default_config.student.arch and merged.eqcoh.n_intermediate == 2
@@ -83,7 +84,7 @@ def test_plugin_default_only_adds_keys_and_both_precision_blocks():
     ],
 )
 def test_misspelt_key_names_full_path_and_closest_valid_key(opt, full_key, suggestion):
-    from dinov2_eqcoh.config import ConfigError
+    from dinov2_eqcoh.method.config import ConfigError
 
     with pytest.raises(ConfigError) as err:
         load(TINY, opt)
@@ -92,7 +93,7 @@ def test_misspelt_key_names_full_path_and_closest_valid_key(opt, full_key, sugge
 
 
 def test_misspelt_key_in_a_file_names_the_file(tmp_path):
-    from dinov2_eqcoh.config import ConfigError
+    from dinov2_eqcoh.method.config import ConfigError
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  meta_arch: dinov2_eqcoh.meta_arch:EqCohMetaArch\ncrops:\n  global_crop_size: 32\n")
@@ -117,8 +118,8 @@ def test_misspelt_key_in_a_file_names_the_file(tmp_path):
         ("eqcoh.decoder.dim=0", "eqcoh.decoder.dim", ">= 8"),
         ("crops.global_crops_size=30", "crops.global_crops_size", "multiple of student.patch_size = 8"),
         ("crops.local_crops_size=12", "crops.local_crops_size", "multiple of student.patch_size = 8"),
-        ("compute_precision.teacher.eqcoh_decoders.sharding_strategy=NO_SHARD",
-         "compute_precision.teacher.eqcoh_decoders.sharding_strategy", "student.eqcoh_decoders.sharding_strategy is"),
+        ("compute_precision.teacher.eqcoh_head.sharding_strategy=NO_SHARD",
+         "compute_precision.teacher.eqcoh_head.sharding_strategy", "student.eqcoh_head.sharding_strategy is"),
         ("compute_precision.student.backbone.sharding_strategy=NO_SHARD",
          "compute_precision.teacher.backbone.sharding_strategy", "must be sharded too"),
         ("train.meta_arch=dinov2.train.ssl_meta_arch:SSLMetaArch", "train.meta_arch", "EqCohMetaArch renders"),
@@ -126,7 +127,7 @@ def test_misspelt_key_in_a_file_names_the_file(tmp_path):
     ],
 )
 def test_invalid_value_names_key_and_allowed_range(opt, key, allowed):
-    from dinov2_eqcoh.config import ConfigError
+    from dinov2_eqcoh.method.config import ConfigError
 
     with pytest.raises(ConfigError) as err:
         load(TINY, opt)

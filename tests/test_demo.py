@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 @pytest.mark.slow
 def test_demo_writes_the_documented_report(tmp_path):
     out = tmp_path / "demo"
-    proc = run([PYTHON, "-m", "dinov2_eqcoh.demo", "--output-dir", out, "--config-file", "configs/tiny/eqcoh_cpu.yaml",
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.experiments.demo", "--output-dir", out, "--config-file", "configs/tiny/eqcoh_cpu.yaml",
                 "--eval-images", "60", "--class-images", "90", "--probe-epochs", "2", "--dense-scale", "0.05"],
                timeout=600)
     assert "report.md" in proc.stdout  # it says where the results are
@@ -46,7 +46,7 @@ def test_demo_writes_the_documented_report(tmp_path):
     assert "homography 60 train / 20 test pairs" in (out / "report.md").read_text()
     assert report["settings"]["class_images"] == 90 and report["settings"]["eval_images"] == 60
     assert "EqCoh against each baseline" in (out / "report.md").read_text()
-    assert f"Command: `python -m dinov2_eqcoh.demo --output-dir {out} " in (out / "report.md").read_text()
+    assert f"Command: `python -m dinov2_eqcoh.experiments.demo --output-dir {out} " in (out / "report.md").read_text()
 
 
 def test_demo_refuses_an_output_dir_with_an_earlier_run(tmp_path):
@@ -54,13 +54,13 @@ def test_demo_refuses_an_output_dir_with_an_earlier_run(tmp_path):
     run_dir = tmp_path / "demo" / "dinov2_aug"
     run_dir.mkdir(parents=True)
     (run_dir / "last_checkpoint.rank_0").write_text("model_0000349.rank_0.pth")
-    proc = run([PYTHON, "-m", "dinov2_eqcoh.demo", "--output-dir", tmp_path / "demo", "--config-file",
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.experiments.demo", "--output-dir", tmp_path / "demo", "--config-file",
                 "configs/tiny/eqcoh_cpu.yaml"], check=False, timeout=120)
     assert proc.returncode != 0
     assert f"{run_dir} already hold(s) a training run" in proc.stdout
     assert not (tmp_path / "demo" / "dinov2").exists()  # refused before any training
     assert (run_dir / "last_checkpoint.rank_0").read_text() == "model_0000349.rank_0.pth"  # nothing lost
-    bad = run([PYTHON, "-m", "dinov2_eqcoh.demo", "--output-dir", tmp_path / "demo2", "--dense-scale", "0"],
+    bad = run([PYTHON, "-m", "dinov2_eqcoh.experiments.demo", "--output-dir", tmp_path / "demo2", "--dense-scale", "0"],
               check=False, timeout=120)
     assert bad.returncode != 0 and "--dense-scale 0.0: must be > 0" in bad.stdout
     assert not (tmp_path / "demo2" / "dinov2").exists()

@@ -30,7 +30,7 @@ from dinov2_eqcoh.eval.propagation import (
     seg2bmap,
 )
 from dinov2_eqcoh.eval.segmentation import ADE20KFolder, confusion, evaluate_segmentation, miou_from_confusion
-from dinov2_eqcoh.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)

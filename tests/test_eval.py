@@ -222,7 +222,7 @@ def test_blur_task_sigma_is_in_pixels_of_the_probed_image():
     import torchvision.transforms.functional as TF
 
     from dinov2_eqcoh.eval.equivariance import blur_sigma_definition, render_theta
-    from dinov2_eqcoh.transforms import render
+    from dinov2_eqcoh.method.transforms import render
 
     torch.manual_seed(0)
     image = torch.randn(1, 3, 32, 32)

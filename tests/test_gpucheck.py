@@ -1,4 +1,4 @@
-"""`python -m dinov2_eqcoh.gpucheck` on a CPU: the tiny preset of the one-shot GPU check runs end to end.
+"""`python -m dinov2_eqcoh.experiments.gpucheck` on a CPU: the tiny preset of the one-shot GPU check runs end to end.
 
 The same code path as on a GPU, with the tiny config instead of ViT-L/16: DINOv2's training loop (FSDP, one
 process) for 4 iterations, a second start that resumes at iteration 4 and runs to 8, the teacher checkpoints, then
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpucheck_tiny_preset_on_cpu(tmp_path):
     out = tmp_path / "check"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # the CPU path even on a GPU machine
-    done = subprocess.run([sys.executable, "-m", "dinov2_eqcoh.gpucheck", "--output-dir", str(out)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "dinov2_eqcoh.experiments.gpucheck", "--output-dir", str(out)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     report = json.loads((out / "gpucheck.json").read_text())

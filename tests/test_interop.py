@@ -1,4 +1,4 @@
-"""Interop with HF transformers and timm (`dinov2_eqcoh.interop`, `export --format`), with the real libraries.
+"""Interop with HF transformers and timm (`dinov2_eqcoh.weights.interop`, `export --format`), with the real libraries.
 
 Every model is randomly initialised (nothing is downloaded) and then given random weights of unit scale, so that
 attention, layer scale and every FFN matter (DINOv2's init, LayerScale 1e-5, would let a wrong block mapping pass).
@@ -23,7 +23,7 @@ from helpers import PYTHON, REPO, read_metrics, run
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from dinov2_eqcoh.checkpoints import build_backbone_for_checkpoint, load_backbone
+from dinov2_eqcoh.weights.checkpoints import build_backbone_for_checkpoint, load_backbone
 
 TOL = 1e-4  # max |difference| of CLS and patch tokens at the export's own resolution
 BOUND_224 = 0.1  # models without registers at 224 px (measured: HF 0.031, timm 0.061; README "Checkpoints")
@@ -113,7 +113,7 @@ class Run:
         torch.save({"teacher": {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}}, self.checkpoint)
 
     def export(self, fmt: str, image_size: int | None = None) -> Path:
-        from dinov2_eqcoh.export import main
+        from dinov2_eqcoh.weights.export import main
 
         out = self.root / f"export_{fmt}_{image_size}" / ("backbone.pth" if fmt == "hub" else "")
         argv = ["--format", fmt, "--config-file", str(self.config), "--checkpoint", str(self.checkpoint),
@@ -324,8 +324,8 @@ def test_foreign_files_load_strictly(tmp_path):
 def test_hf_folder_seeds_eqcoh_training(tmp_path):
     """student.pretrained_weights=<HF folder>: the student starts with HF's weights, and DINOv2's training loop
     runs the tiny EqCoh config from them."""
-    from dinov2_eqcoh.config import load_config
     from dinov2_eqcoh.meta_arch import EqCohMetaArch
+    from dinov2_eqcoh.method.config import load_config
 
     hf = _hf_model(patch=8, image_size=32, seed=11)  # the tiny config's backbone: vit_test, patch 8, 32 px crops
     hf.save_pretrained(tmp_path / "hf")
@@ -442,9 +442,9 @@ def test_core_imports_none_of_the_interop_libraries(tmp_path):
     """The plugin, its loaders and eval CLIs import transformers, timm and safetensors only for such files."""
     code = (
         "import sys, torch\n"
-        "import dinov2_eqcoh.meta_arch, dinov2_eqcoh.export, dinov2_eqcoh.interop, dinov2_eqcoh.eval.equivariance\n"
+        "import dinov2_eqcoh.meta_arch, dinov2_eqcoh.weights.export, dinov2_eqcoh.weights.interop, dinov2_eqcoh.eval.equivariance\n"
         "import dinov2_eqcoh.eval.invariance\n"
-        "from dinov2_eqcoh.checkpoints import load_backbone\n"
+        "from dinov2_eqcoh.weights.checkpoints import load_backbone\n"
         f"backbone, _ = load_backbone({str(tmp_path / 'b.pth')!r})\n"
         "loaded = {'transformers', 'timm', 'safetensors'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"

@@ -15,16 +15,16 @@ TINY = "configs/tiny/eqcoh_cpu.yaml"
 
 
 def eqcoh_cfg(*opts):
-    from dinov2_eqcoh.config import load_config
+    from dinov2_eqcoh.method.config import load_config
 
     return load_config(REPO / TINY, opts)
 
 
 def eqcoh_batch(cfg, seed=0):
     """A real EqCoh batch: built-in dataset -> the plugin's augmentation (with u_k targets) -> the plugin's collate."""
-    from dinov2_eqcoh.data.augmentation import build_data_transform
-    from dinov2_eqcoh.data.collate import build_collate_fn
     from dinov2_eqcoh.data.datasets import make_dataset
+    from dinov2_eqcoh.method.augmentation import build_data_transform
+    from dinov2_eqcoh.method.collate import build_collate_fn
 
     random.seed(seed)
     torch.manual_seed(seed)
@@ -34,7 +34,7 @@ def eqcoh_batch(cfg, seed=0):
 
 def rendered(cfg, batch):
     """[v1; v2] (2B, 3, G, G) and the targets u_k (K, B, 3, G, G) of a batch, as forward_backward renders them."""
-    from dinov2_eqcoh.data.augmentation import render_views
+    from dinov2_eqcoh.method.augmentation import render_views
 
     v2, targets = render_views(batch, cfg)
     crops = batch["collated_global_crops"]
@@ -56,7 +56,7 @@ def build(cfg, seed=0):
 @pytest.mark.parametrize("n_intermediate", [1, 2, 3])
 @pytest.mark.parametrize("patch_size,img_size", [(16, 32), (16, 64), (14, 28), (14, 56), (8, 32)])
 def test_decoders_output_one_crop_sized_image_per_k(n_intermediate, patch_size, img_size):
-    from dinov2_eqcoh.decoder import EqCohDecoders
+    from dinov2_eqcoh.method.decoder import EqCohDecoders
 
     d_equi, batch = 8, 3
     decoders = EqCohDecoders(n_intermediate, 2 * d_equi, dim=16, patch_size=patch_size, img_size=img_size)
@@ -73,7 +73,7 @@ def test_decoders_output_one_crop_sized_image_per_k(n_intermediate, patch_size, 
 def test_decoder_architecture_and_bad_sizes():
     from dinov2.utils.utils import has_batchnorms
 
-    from dinov2_eqcoh.decoder import ReconstructionDecoder
+    from dinov2_eqcoh.method.decoder import ReconstructionDecoder
 
     dec = ReconstructionDecoder(d_in=32, dim=64, patch_size=16, img_size=64)
     convs = [m for m in dec.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -105,7 +105,7 @@ def _conv_sizes(decoder, z):
 @pytest.mark.parametrize("patch_size,img_size", [(14, 224), (14, 56), (16, 64), (8, 32)])
 def test_decoder_convs_run_at_g_over_8_up_to_g_with_no_final_resize(patch_size, img_size):
     """The grid goes straight to G/8, then ×2 three times: the last conv already outputs the crop size G."""
-    from dinov2_eqcoh.decoder import ReconstructionDecoder
+    from dinov2_eqcoh.method.decoder import ReconstructionDecoder
 
     dec = ReconstructionDecoder(d_in=8, dim=16, patch_size=patch_size, img_size=img_size)
     sizes, out = _conv_sizes(dec, torch.randn(2, (img_size // patch_size) ** 2, 8))
@@ -115,7 +115,7 @@ def test_decoder_convs_run_at_g_over_8_up_to_g_with_no_final_resize(patch_size, 
 
 
 def test_decoder_resizes_at_the_end_only_when_g_is_not_a_multiple_of_8():
-    from dinov2_eqcoh.decoder import ReconstructionDecoder
+    from dinov2_eqcoh.method.decoder import ReconstructionDecoder
 
     dec = ReconstructionDecoder(d_in=8, dim=16, patch_size=14, img_size=28)  # 2x2 grid, G/8 = 3.5
     sizes, out = _conv_sizes(dec, torch.randn(2, 4, 8))
@@ -125,7 +125,7 @@ def test_decoder_resizes_at_the_end_only_when_g_is_not_a_multiple_of_8():
 
 def test_patch_16_decoder_is_four_x2_stages():
     """For p = 16 the first upsampling (G/16 -> G/8) is the paper's ×2: the same output as four ×2 stages."""
-    from dinov2_eqcoh.decoder import ReconstructionDecoder
+    from dinov2_eqcoh.method.decoder import ReconstructionDecoder
 
     dec = ReconstructionDecoder(d_in=8, dim=16, patch_size=16, img_size=64)
     z = torch.randn(2, 16, 8)
@@ -174,8 +174,8 @@ def test_modules_heads_and_student_teacher_parity():
     cfg = eqcoh_cfg()
     model = build(cfg)
     d_inv = cfg.eqcoh.d_patch - cfg.eqcoh.d_equi
-    assert list(model.student.keys()) == list(model.teacher.keys()) == [
-        "backbone", "dino_head", "eqcoh_head", "eqcoh_decoders"]
+    assert list(model.student.keys()) == ["backbone", "dino_head", "eqcoh_head", "eqcoh_decoders"]
+    assert list(model.teacher.keys()) == ["backbone", "dino_head", "eqcoh_head"]  # the teacher never decodes
     assert model.student["dino_head"].mlp[0].in_features == d_inv  # DINOv2's head reads z_inv
     assert model.student["eqcoh_head"].proj.in_features == model.embed_dim
     assert model.student["eqcoh_head"].proj.out_features == cfg.eqcoh.d_patch
@@ -187,6 +187,7 @@ def test_modules_heads_and_student_teacher_parity():
     # every student/teacher module has the FSDP settings DINOv2's prepare_for_distributed_training reads
     for key in model.student.keys():
         assert "mixed_precision" in cfg.compute_precision.student[key]
+    for key in model.teacher.keys():
         assert "mixed_precision" in cfg.compute_precision.teacher[key]
 
 
@@ -423,7 +424,7 @@ def test_extra_unmasked_pass_takes_z_equi_from_the_unmasked_global_crops():
 
 def test_forward_backward_renders_v2_and_the_targets_from_u_and_theta():
     """The batch carries u and θ; the model sees v2 = g_θ(u) and learns to reconstruct u_k = g_{θ_k}(u)."""
-    from dinov2_eqcoh import transforms as T
+    from dinov2_eqcoh.method import transforms as T
 
     cfg = eqcoh_cfg("eqcoh.n_intermediate=3")
     model = build(cfg)
@@ -446,7 +447,7 @@ def test_forward_backward_renders_v2_and_the_targets_from_u_and_theta():
 
 def test_view_only_baseline_renders_v2_and_adds_nothing():
     """λ = 0 with apply_to_view: "DINOv2 + g" — DINOv2's modules and losses, on v2 = g_θ(u) rendered by the model."""
-    from dinov2_eqcoh import transforms as T
+    from dinov2_eqcoh.method import transforms as T
 
     cfg = eqcoh_cfg("eqcoh.loss_weight=0", "eqcoh.apply_to_view=true", "eqcoh.transform=rotation")
     model = build(cfg)
@@ -472,7 +473,7 @@ def test_missing_theta_is_a_clear_error():
 
 def test_pretrained_weights_go_through_the_plugin_loader(tmp_path):
     """A released-style raw backbone state dict seeds the student (DINOv2's own loader would want {"model": ...})."""
-    pytest.importorskip("dinov2_eqcoh.checkpoints", reason="dinov2_eqcoh/checkpoints.py (eval engineer) not there")
+    pytest.importorskip("dinov2_eqcoh.weights.checkpoints", reason="dinov2_eqcoh/checkpoints.py (eval engineer) not there")
     cfg = eqcoh_cfg()
     source = build(cfg, seed=123)
     path = tmp_path / "backbone.pth"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dinov2_eqcoh import bench
-from dinov2_eqcoh.data.augmentation import render_views
-from dinov2_eqcoh.transforms import TRANSFORMS, path_thetas, render
+from dinov2_eqcoh.experiments import bench
+from dinov2_eqcoh.method.augmentation import render_views
+from dinov2_eqcoh.method.transforms import TRANSFORMS, path_thetas, render
 
 
 def tiny(transform: str, *opts: str):

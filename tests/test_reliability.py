@@ -6,7 +6,7 @@
   checkpoint and its tag; `kill -9` mid-run then the same command resumes; a non-finite loss stops the run before
   that iteration's optimizer step, naming the term and the iteration, and leaves the last checkpoint untouched.
 
-Loading safety of `dinov2_eqcoh.checkpoints.load_checkpoint_file` (full unpickling refused unless opted in; missing
+Loading safety of `dinov2_eqcoh.weights.checkpoints.load_checkpoint_file` (full unpickling refused unless opted in; missing
 and unexpected keys named) is tested in test_checkpoints.py.
 """
 

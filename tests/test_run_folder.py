@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import PYTHON, run
 
-from dinov2_eqcoh import run_folder
-from dinov2_eqcoh.config import load_config
+from dinov2_eqcoh.method.config import load_config
+from dinov2_eqcoh.run import folder as run_folder
 
 CFG = "configs/tiny/eqcoh_cpu.yaml"
 PLUGIN = [PYTHON, "-m", "dinov2_eqcoh.train"]
@@ -70,7 +70,7 @@ def test_plugin_entry_refuses_a_model_change_and_changes_nothing(used):
         "eqcoh.d_equi: 16 -> 32",
         "student.eqcoh_decoders.decoders.0.embed.weight (32, 32) -> (32, 64)",
         "teacher.dino_head.mlp.0.weight (32, 48) -> (32, 32)",
-        "6 of the new model's",
+        "4 of the new model's",  # the teacher has no decoders
         "optimizer state does not fit",
         "model_final.rank_0.pth (iteration 3)",
     )
@@ -105,7 +105,7 @@ def test_allowed_changes_resume_log_the_keys_and_keep_the_config_history(used, t
         assert run_folder.config_for_checkpoint(used / ckpt) == expected, ckpt
 
     # export and the eval CLIs read it through checkpoints.find_run_config / backbone_config
-    from dinov2_eqcoh.export import export_backbone
+    from dinov2_eqcoh.weights.export import export_backbone
 
     with caplog.at_level(logging.INFO, logger="dinov2.eqcoh"):
         export_backbone(used / "eval/training_1/teacher_checkpoint.pth", tmp_path / "backbone.pth")
@@ -116,6 +116,53 @@ def test_allowed_changes_resume_log_the_keys_and_keep_the_config_history(used, t
     run([*PLUGIN, "--config-file", CFG, "--output-dir", used, "optim.epochs=4"])
     assert [(s, e) for _, s, e in run_folder.history_entries(used)] == [(0, 3), (4, 5)]
     assert "epochs: 3" in run_folder.config_for_checkpoint(used / "eval/training_5/teacher_checkpoint.pth").read_text()
+
+
+def make_pre_0_2_folder(folder: Path) -> int:
+    """Turn a run folder into one written before 0.2, whose teacher carried an EMA copy of the decoders: its
+    checkpoint and eval dumps hold `teacher.eqcoh_decoders.*` and its config.yaml a teacher precision entry for
+    them. Returns the number of retired tensors added to the checkpoint."""
+    import torch
+    from omegaconf import OmegaConf
+
+    ckpt = folder / "model_final.rank_0.pth"
+    data = torch.load(ckpt, weights_only=False)
+    old = {f"teacher.{k[len('student.'):]}": v.clone() for k, v in data["model"].items()
+           if k.startswith("student.eqcoh_decoders.")}
+    assert old
+    data["model"].update(old)
+    torch.save(data, ckpt)
+    for dump in folder.glob("eval/training_*/teacher_checkpoint.pth"):
+        d = torch.load(dump, weights_only=False)
+        d["teacher"].update({k[len("teacher."):]: v for k, v in old.items()})
+        torch.save(d, dump)
+    cfg = OmegaConf.load(folder / "config.yaml")
+    cfg.compute_precision.teacher.eqcoh_decoders = OmegaConf.to_container(cfg.compute_precision.student.eqcoh_decoders)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    return len(old)
+
+
+def test_folder_of_a_version_whose_teacher_had_decoders_resumes_and_loads_strictly(used):
+    import torch
+
+    from dinov2_eqcoh.meta_arch import EqCohMetaArch
+    from dinov2_eqcoh.weights.files import load_checkpoint_file
+
+    n_old = make_pre_0_2_folder(used)
+    # the old checkpoint loads strictly into today's model (the demo's picture loads this way)
+    model = EqCohMetaArch(load_config(used / "config.yaml"))
+    model.load_state_dict(load_checkpoint_file(used / "model_final.rank_0.pth")["model"])
+    # ... and an unknown key still fails, naming it
+    bad = dict(load_checkpoint_file(used / "model_final.rank_0.pth")["model"], **{"teacher.nonsense.weight": torch.ones(1)})
+    with pytest.raises(RuntimeError, match="teacher.nonsense.weight"):
+        model.load_state_dict(bad)
+
+    proc = run([*PLUGIN, "--config-file", CFG, "--output-dir", used, "optim.epochs=3"])
+    assert "Starting training from iteration 4" in proc.stdout
+    assert f"ignored {n_old} retired tensors (teacher.eqcoh_decoders.*)" in proc.stdout
+    new = load_checkpoint_file(used / "model_final.rank_0.pth")["model"]
+    assert not [k for k in new if k.startswith("teacher.eqcoh_decoders.")]  # the teacher holds no decoders
+    assert [k for k in new if k.startswith("student.eqcoh_decoders.")]
 
 
 def test_no_resume_moves_the_old_run_intact_and_trains_the_new_model(used):
@@ -167,8 +214,12 @@ def test_folder_without_a_tagged_checkpoint_is_compared_through_eval_dump_or_con
     for p in [*used.glob("model_*.pth"), *used.glob("last_checkpoint.*")]:
         p.unlink()
     with pytest.raises(run_folder.RunFolderError, match=r"teacher_checkpoint.pth \(iteration 3\)") as e:
+        run_folder.plan_run_folder(load_config(CFG, ["eqcoh.d_equi=32"]), used)
+    assert "eqcoh.d_equi: 16 -> 32" in str(e.value) and "teacher.dino_head.mlp.0.weight (32, 48) -> (32, 32)" in str(e.value)
+    # the teacher has no decoders: a change of the student's alone is found through the folder's config.yaml
+    with pytest.raises(run_folder.RunFolderError, match=r"Compared with .*config.yaml:") as e:
         run_folder.plan_run_folder(load_config(CFG, ["eqcoh.n_intermediate=3"]), used)
-    assert "eqcoh.n_intermediate: 2 -> 3" in str(e.value) and "not in the checkpoint: teacher.eqcoh_decoders.decoders.2" in str(e.value)
+    assert "eqcoh.n_intermediate: 2 -> 3" in str(e.value) and "student.eqcoh_decoders.decoders.2" in str(e.value)
     assert run_folder.plan_run_folder(load_config(CFG), used).action == "restart"
     shutil.rmtree(used / "eval")  # only config.yaml and logs: the model config.yaml builds is the reference
     with pytest.raises(run_folder.RunFolderError, match=r"eqcoh.d_patch: 64 -> 80"):
@@ -183,7 +234,7 @@ def test_layerwise_decay_change_resumes_with_a_warning(used):
 
 
 def test_weights_loaded_by_path_must_fit(trained, tmp_path):
-    from dinov2_eqcoh.export import export_backbone
+    from dinov2_eqcoh.weights.export import export_backbone
 
     teacher = trained / "eval/training_3/teacher_checkpoint.pth"
     # export --checkpoint / eval CLIs with a config that builds another backbone: an error naming the tensor

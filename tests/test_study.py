@@ -1,4 +1,4 @@
-"""`python -m dinov2_eqcoh.study` on a tiny budget: seeds × models, paired intervals, resume, refusal."""
+"""`python -m dinov2_eqcoh.experiments.study` on a tiny budget: seeds × models, paired intervals, resume, refusal."""
 
 import hashlib
 import json
@@ -9,7 +9,7 @@ import sys
 import pytest
 from helpers import PYTHON, REPO, run
 
-from dinov2_eqcoh.study import interval, summarise
+from dinov2_eqcoh.experiments.study import interval, summarise
 
 TINY = ["--config-file", "configs/tiny/eqcoh_cpu.yaml", "--budget", "0.5", "--eval-images", "30",
         "--class-images", "30", "--probe-epochs", "1", "--probes", "global", "--dense-scale", "0.01"]
@@ -38,7 +38,7 @@ def test_interval_and_pairing_by_seed():
 def test_study_trains_scores_resumes_and_refuses_another_configuration(tmp_path):
     out = tmp_path / "study"
     # one model x two seeds: the pairing by seed is the same code for every pair of models (dinov2 - untrained here)
-    cmd = [PYTHON, "-m", "dinov2_eqcoh.study", "--output-dir", out, "--models", "dinov2", "--seeds", "2", *TINY]
+    cmd = [PYTHON, "-m", "dinov2_eqcoh.experiments.study", "--output-dir", out, "--models", "dinov2", "--seeds", "2", *TINY]
     # interrupt the study while it trains its second run: it loses that run only
     proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **_env()})
@@ -119,6 +119,6 @@ def test_bad_arguments_are_named(tmp_path):
     for args, text in ((["--seeds", "two"], "--seeds"), (["--models", "dinov3"], "unknown ['dinov3']"),
                        (["--budget", "0"], "--budget"), (["--dense-scale", "0"], "--dense-scale"),
                        (["--probes", "global,depth"], "allowed groups global, dense")):
-        proc = run([sys.executable, "-m", "dinov2_eqcoh.study", "--output-dir", tmp_path / "s", *args], check=False)
+        proc = run([sys.executable, "-m", "dinov2_eqcoh.experiments.study", "--output-dir", tmp_path / "s", *args], check=False)
         assert proc.returncode != 0 and text in proc.stdout, proc.stdout
     assert not (tmp_path / "s").exists()

@@ -1,4 +1,4 @@
-"""g_θ and its intermediate states (dinov2_eqcoh.transforms) against independent computations.
+"""g_θ and its intermediate states (dinov2_eqcoh.method.transforms) against independent computations.
 
 Geometry is checked two ways: a per-pixel inverse map with bilinear sampling written in numpy (every pixel, zero fill
 included) and torchvision's own rotate/affine (interior pixels; torchvision blends its fill at the border). Colour
@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from dinov2_eqcoh import transforms as T
+from dinov2_eqcoh.method import transforms as T
 
 MEAN = torch.tensor(T.IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 STD = torch.tensor(T.IMAGENET_DEFAULT_STD).view(3, 1, 1)

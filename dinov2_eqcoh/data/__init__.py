@@ -1,0 +1,6 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Datasets: the `dataset_path` strings DINOv2 parses (ImageFolder roots, the built-in synthetic glyphs) and the
+synthetic dense-task data (segmentation scenes, videos for label propagation).
+
+May import: `dinov2_eqcoh.method`, DINOv2 and third-party libraries (checked by `tests/test_layout.py`).
+"""

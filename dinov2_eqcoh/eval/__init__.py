@@ -12,4 +12,7 @@ DAVIS label propagation J&F, linear segmentation mIoU).
 Functions for programmatic use: `dinov2_eqcoh.eval.equivariance.evaluate_equivariance`,
 `dinov2_eqcoh.eval.invariance.evaluate_invariance`, `dinov2_eqcoh.eval.dense.dense_probes` (all three dense probes
 on the built-in data), `dinov2_eqcoh.eval.features.load_backbone`.
+
+May import: `dinov2_eqcoh.method`, `dinov2_eqcoh.data`, `dinov2_eqcoh.weights`, DINOv2 and third-party
+libraries; never run management or experiments (checked by `tests/test_layout.py`).
 """

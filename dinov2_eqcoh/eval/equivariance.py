@@ -8,14 +8,14 @@
 Protocol (METHOD.md, "How the paper measures equivariance"; the MLP as in SIE's scripts): for each image I
 (resized and centre-cropped to the eval size, ImageNet-normalised) and each task, draw θ uniformly from the
 paper's fixed ranges (Table 2; EVAL_RANGES, independent of the training config), render g_θ(I) with
-`dinov2_eqcoh.transforms.render` (the same g as training), take the frozen features f(I), f(g_θ(I)) and fit an MLP
+`dinov2_eqcoh.method.transforms.render` (the same g as training), take the frozen features f(I), f(g_θ(I)) and fit an MLP
 probe [f(I); f(g_θ(I))] (2d) -> 1024 -> 1024 -> θ (P), ReLU, MSE on standardised targets, Adam lr 1e-3, on
 `n_train` images, early-stopped on a held-back tenth of them (the weights of the best validation epoch are kept). The score is R² = 1 - RSS/TSS on `n_test` held-out images, over all θ components at once with one
 global mean (as SIE does), in standardised target units so that components in different units (degrees, crop
 fractions) weigh alike. The summary is the mean R² over the paper's tasks among those run (rot, color, blur,
 trans; over all tasks run when none of them is). Outputs equivariance.json and equivariance.png.
 
-Tasks (θ as `dinov2_eqcoh.transforms`): rot [φ], φ ∈ [-45°, 45°]; color [b, c, s, h], b, c, s ∈ [-0.4, 0.4],
+Tasks (θ as `dinov2_eqcoh.method.transforms`): rot [φ], φ ∈ [-45°, 45°]; color [b, c, s, h], b, c, s ∈ [-0.4, 0.4],
 h ∈ [-0.1, 0.1]; blur [σ], σ ∈ [0.1, 2] px of the probed image (see BLUR_SIGMA_UNITS); trans [t_x, t_y] ∈ ±10 px
 at 224 px (as fractions of the crop); se2 = rot + trans. The paper's mean is over rot, color, blur, trans.
 
@@ -50,7 +50,7 @@ from dinov2_eqcoh.eval.features import (
     progress,
     setup_cli_logging,
 )
-from dinov2_eqcoh.transforms import (
+from dinov2_eqcoh.method.transforms import (
     BLUR_REFERENCE_SIZE,
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -61,7 +61,7 @@ from dinov2_eqcoh.transforms import (
 
 logger = logging.getLogger("dinov2.eqcoh")
 
-# task name -> transform name in dinov2_eqcoh.transforms
+# task name -> transform name in dinov2_eqcoh.method.transforms
 TASKS = {"rot": "rotation", "color": "color", "blur": "blur", "trans": "translation", "se2": "se2"}
 PAPER_TASKS = ("rot", "color", "blur", "trans")
 # the paper's fixed evaluation ranges (Table 2), in `eqcoh.ranges` units

@@ -22,8 +22,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from dinov2_eqcoh.checkpoints import find_run_config, load_backbone
-from dinov2_eqcoh.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from dinov2_eqcoh.weights.checkpoints import find_run_config, load_backbone
 
 logger = logging.getLogger("dinov2.eqcoh")
 

@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinov2_eqcoh.eval.dense import DEFAULT_SIZE, normalise, patch_token_maps
 from dinov2_eqcoh.eval.features import (
     add_backbone_args,
     backbone_from_args,
@@ -44,6 +43,7 @@ from dinov2_eqcoh.eval.features import (
     progress,
     setup_cli_logging,
 )
+from dinov2_eqcoh.eval.patch_maps import DEFAULT_SIZE, normalise, patch_token_maps
 
 logger = logging.getLogger("dinov2.eqcoh")
 

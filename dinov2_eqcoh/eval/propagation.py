@@ -41,13 +41,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from dinov2_eqcoh.eval.dense import (
-    DEFAULT_SIZE,
-    parse_spec,
-    patch_size_of,
-    patch_token_maps,
-    to_normalised_tensor,
-)
 from dinov2_eqcoh.eval.features import (
     add_backbone_args,
     backbone_from_args,
@@ -55,6 +48,13 @@ from dinov2_eqcoh.eval.features import (
     default_device,
     progress,
     setup_cli_logging,
+)
+from dinov2_eqcoh.eval.patch_maps import (
+    DEFAULT_SIZE,
+    parse_spec,
+    patch_size_of,
+    patch_token_maps,
+    to_normalised_tensor,
 )
 
 logger = logging.getLogger("dinov2.eqcoh")

@@ -33,12 +33,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from dinov2_eqcoh.eval.dense import (
-    DEFAULT_SIZE,
-    parse_spec,
-    patch_token_maps,
-    to_normalised_tensor,
-)
 from dinov2_eqcoh.eval.features import (
     add_backbone_args,
     backbone_from_args,
@@ -46,6 +40,12 @@ from dinov2_eqcoh.eval.features import (
     default_device,
     progress,
     setup_cli_logging,
+)
+from dinov2_eqcoh.eval.patch_maps import (
+    DEFAULT_SIZE,
+    parse_spec,
+    patch_token_maps,
+    to_normalised_tensor,
 )
 
 logger = logging.getLogger("dinov2.eqcoh")
@@ -299,7 +299,7 @@ def plot_segmentation(results: dict, path: str, num_classes: int, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dinov2_eqcoh.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)

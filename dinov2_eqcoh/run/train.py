@@ -37,7 +37,7 @@ from dinov2.run.submit import get_args_parser as get_submit_args_parser
 from dinov2.train import get_args_parser as get_train_args_parser
 from dinov2.utils.cluster import ClusterType, get_slurm_executor_parameters
 
-from dinov2_eqcoh.run_folder import check_before_submit
+from dinov2_eqcoh.run.folder import check_before_submit
 
 try:
     from dinov2.run.train.train import Trainer as DINOv2Trainer
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(argv)
         # a folder that holds another model is refused now, before the executor exists and long before the job has
-        # queued (dinov2_eqcoh.run_folder)
+        # queued (dinov2_eqcoh.run.folder)
         plan = check_before_submit(args.config_file, args.opts or [], args.output_dir, args.no_resume)
         if plan is not None and plan.action != "new":
             logger.info(f"output folder, when the job starts: {plan.summary()}")

@@ -1,0 +1,11 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Experiments that train and probe end to end, on top of everything else:
+
+- `demo`: `make demo`, three models on the built-in dataset, probed, with a report;
+- `study`: `make study`, training seeds x models with paired 95 % intervals, resumable;
+- `bench`: `python -m dinov2_eqcoh.experiments.bench`, FLOPs, step time, memory and augmentation throughput;
+- `gpucheck`: the one-shot check run on a lent GPU.
+
+May import any part of `dinov2_eqcoh`; nothing imports this package except its own modules and the deprecated
+top-level shims (`dinov2_eqcoh.demo`, ...).
+"""
