@@ -54,3 +54,5 @@ def test_forward_backward_reads_nothing_back(transform, opts):
     loss_dict = model.forward_backward(batch, teacher_temp=0.07)
     assert "eqcoh_recon_loss" in loss_dict and all(v.device.type == "meta" for v in loss_dict.values())
     assert model.student["eqcoh_head"].proj.weight.grad is not None
+    # the first step is diagnosed (eqcoh.diagnostics_every): the diagnostics too stay on the device
+    assert "eqcoh_diag_k1_path" in model._eqcoh_diag and all(v.device.type == "meta" for v in model._eqcoh_diag.values())

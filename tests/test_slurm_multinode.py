@@ -91,9 +91,10 @@ def test_dinov2_launcher_trains_on_two_nodes(cluster, tmp_path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_requeued_two_node_job_resumes_from_last_checkpoint(cluster, tmp_path):
-    # 2 iterations per "epoch", a checkpoint every 6 iterations (DINOv2: 3 * OFFICIAL_EPOCH_LENGTH), no teacher dumps
+    # 2 iterations per "epoch", a checkpoint every 6 iterations (DINOv2: 3 * OFFICIAL_EPOCH_LENGTH), no teacher dumps;
+    # 200 iterations, so that the requeue lands before the job ends (80 raced it once on a busy machine)
     launcher = "-m dinov2_eqcoh.run.train --cluster-profile local --nodes 2 --ngpus 1"
-    job, output_dir = submit(cluster, launcher, tmp_path, "optim.epochs=40", "evaluation.eval_period_iterations=0")
+    job, output_dir = submit(cluster, launcher, tmp_path, "optim.epochs=100", "evaluation.eval_period_iterations=0")
     log = output_dir / "logs" / "log.txt"
 
     def starts(name: str = "log.txt") -> list[int]:

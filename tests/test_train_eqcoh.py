@@ -24,6 +24,16 @@ def test_dinov2_entry_trains_eqcoh_and_recon_loss_falls(tmp_path):
 
     metrics = read_metrics(out)
     assert [m["iteration"] for m in metrics][-1] == 99
+    # the decoders' diagnostics (eqcoh.diagnostics_every 10) are logged beside the losses, outside total_loss
+    K = 2
+    keys = [f"eqcoh_diag_k{k}_{name}" for k in range(1, K + 1)
+            for name in ("mse", "copy_v2", "pooled_v2", "grid_floor", "shuffled_v1", "path")] + ["eqcoh_diag_gap_k1"]
+    for m in metrics:
+        assert all(key in m for key in keys), sorted(m)
+        assert all(0.0 <= m[f"eqcoh_diag_k{k}_path"] <= 1.0 for k in (1, 2))
+        assert m["eqcoh_diag_k1_grid_floor"] < m["eqcoh_diag_k1_pooled_v2"]
+    loss_terms = [k for k in metrics[-1] if k.endswith("_loss") and k != "total_loss"]
+    assert not [k for k in loss_terms if "diag" in k]
     assert all("eqcoh_recon_loss" in m and torch.isfinite(torch.tensor(m["total_loss"])) for m in metrics)
     # DINOv2 logs every 10 iterations the median over the last 20: iteration 10's entry is the median of
     # iterations 0-10, the last entry the median of iterations 80-99

@@ -8,6 +8,7 @@ DAVIS label propagation J&F, linear segmentation mIoU).
     python -m dinov2_eqcoh.eval.homography --weights <ckpt> --output-dir <dir>
     python -m dinov2_eqcoh.eval.propagation --weights <ckpt> --output-dir <dir>
     python -m dinov2_eqcoh.eval.segmentation --weights <ckpt> --output-dir <dir>
+    python -m dinov2_eqcoh.eval.reconstruction --run-dir <run>      (the decoders of an EqCoh run, not a backbone)
 
 Functions for programmatic use: `dinov2_eqcoh.eval.equivariance.evaluate_equivariance`,
 `dinov2_eqcoh.eval.invariance.evaluate_invariance`, `dinov2_eqcoh.eval.dense.dense_probes` (all three dense probes

@@ -7,7 +7,9 @@
 - `head`: the split of each token's features into z_inv (DINOv2's losses) and z_equi (reconstruction);
 - `decoder`: the K decoders D_k(z_equi(v1), z_equi(v2)) -> u_k (one linear + four conv layers each);
 - `ssl_meta_arch`: `EqCohSSLMetaArch`, DINOv2's `SSLMetaArch` plus λ Σ_k ||D_k - u_k||²;
-- `config`: the `eqcoh:` namespace, merged strictly, with every value range checked.
+- `config`: the `eqcoh:` namespace, merged strictly, with every value range checked;
+- `diagnostics`: is D_k's output u_k or a θ-blind guess (MSE next to copy v2 / pooled v2, path position), logged
+  during training every `eqcoh.diagnostics_every` iterations.
 
 May import: this package, DINOv2, torch and other third-party libraries. Nothing else of `dinov2_eqcoh`:
 the DINOv2 seams (run-folder checks, pretrained weights) join the method in `dinov2_eqcoh.meta_arch`.

@@ -214,6 +214,8 @@ def validate(cfg: DictConfig) -> None:
         check_ranges(e.ranges, e.transform)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if not _is_int(e.diagnostics_every) or e.diagnostics_every < 0:
+        _fail("eqcoh.diagnostics_every", e.diagnostics_every, "must be an integer >= 0 (iterations; 0 = off)")
     dim = e.decoder.dim
     if not _is_int(dim) or dim < 8 or dim % 8:
         _fail("eqcoh.decoder.dim", dim, "C must be an integer >= 8 and divisible by 8 (channels C, C/2, C/4, C/8)")

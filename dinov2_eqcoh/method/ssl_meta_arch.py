@@ -23,6 +23,7 @@ from torch import nn
 
 from dinov2_eqcoh.method.augmentation import eqcoh_pipeline_active, render_views
 from dinov2_eqcoh.method.decoder import EqCohDecoders
+from dinov2_eqcoh.method.diagnostics import step_diagnostics
 from dinov2_eqcoh.method.head import EqCohHead
 
 logger = logging.getLogger("dinov2.eqcoh")
@@ -94,7 +95,11 @@ class EqCohSSLMetaArch(SSLMetaArch):
             logger.info(f"OPTIONS -- EQCOH -- {key}: {eq[key]}")
         logger.info(f"OPTIONS -- EQCOH -- decoder.dim: {eq.decoder.dim}")
         logger.info(f"OPTIONS -- EQCOH -- extra_unmasked_pass: {eq.extra_unmasked_pass}")
+        logger.info(f"OPTIONS -- EQCOH -- diagnostics_every: {eq.diagnostics_every}")
         self.eqcoh_extra_unmasked_pass = bool(eq.extra_unmasked_pass)
+        self.eqcoh_diagnostics_every = int(eq.diagnostics_every)
+        self._eqcoh_calls = 0  # forward_backward calls so far (the diagnostics' clock)
+        self._eqcoh_diag: dict[str, torch.Tensor] = {}  # the latest diagnostics, on the device
         d_inv = eq.d_patch - eq.d_equi
 
         # DINOv2's heads now read z_inv (d_inv channels) instead of the backbone's embed_dim channels
@@ -128,6 +133,7 @@ class EqCohSSLMetaArch(SSLMetaArch):
         self._eqcoh_targets: torch.Tensor | None = None  # (K, B, 3, G, G) u_k of that batch
         self._eqcoh_z_equi: torch.Tensor | None = None  # (2B, N, d_equi) of the last student global forward
         self._eqcoh_recon_loss: torch.Tensor | None = None
+        self._eqcoh_u_theta: tuple[torch.Tensor, torch.Tensor] | None = None  # u, θ of a diagnosed batch
 
     # ------------------------------------------------------------------------------------------ student/teacher pairs
 
@@ -310,6 +316,13 @@ class EqCohSSLMetaArch(SSLMetaArch):
             DINOv2's loss dict, plus `eqcoh_recon_loss` when λ > 0.
         """
         targets = None
+        diagnose = False
+        if self.do_eqcoh:
+            diagnose = self.eqcoh_diagnostics_every > 0 and self._eqcoh_calls % self.eqcoh_diagnostics_every == 0
+            self._eqcoh_calls += 1
+            if diagnose:
+                crops = images["collated_global_crops"]
+                self._eqcoh_u_theta = (crops[crops.shape[0] // 2 :], images["eqcoh_theta"])
         if self.eqcoh_render:
             images, targets = self.render_second_view(images)
         if not self.do_eqcoh:
@@ -325,7 +338,7 @@ class EqCohSSLMetaArch(SSLMetaArch):
             loss_dict["eqcoh_recon_loss"] = self._eqcoh_recon_loss
         finally:  # drop the references to the batch and the graph
             self._eqcoh_images = self._eqcoh_targets = self._eqcoh_z_equi = self._eqcoh_recon_loss = None
-            self._eqcoh_mask_indices = None
+            self._eqcoh_mask_indices = self._eqcoh_u_theta = None
         return loss_dict
 
     def backprop_loss(self, loss: torch.Tensor) -> None:
@@ -336,5 +349,37 @@ class EqCohSSLMetaArch(SSLMetaArch):
                 self.student.backbone(global_crops.to(self._eqcoh_z_equi.device), is_training=True)
             recon_loss = self.reconstruction_loss(self._eqcoh_z_equi, self._eqcoh_targets)
             self._eqcoh_recon_loss = recon_loss.detach()
+            if self._eqcoh_u_theta is not None:
+                self._diagnose(self._eqcoh_z_equi, self._eqcoh_targets)
             loss = loss + self.eqcoh_loss_weight * recon_loss
         super().backprop_loss(loss)
+
+    # ------------------------------------------------------------------------------------------ diagnostics
+
+    @torch.no_grad()
+    def _diagnose(self, z_equi: torch.Tensor, targets: torch.Tensor) -> None:
+        """The decoders' diagnostics on this batch (`dinov2_eqcoh.method.diagnostics.step_diagnostics`), kept on
+        the device for `log_metrics`; the decoders run twice more without gradients (as trained, and with z_equi(v1)
+        rolled by one across the batch)."""
+        z_v1, z_v2 = z_equi.detach().chunk(2)
+        decoders = self.student["eqcoh_decoders"]
+        recon = decoders(torch.cat([z_v1, z_v2], dim=-1))
+        shuffled = decoders(torch.cat([z_v1.roll(1, dims=0), z_v2], dim=-1)) if z_v1.shape[0] > 1 else None
+        u, theta = self._eqcoh_u_theta
+        crops = self._eqcoh_images["collated_global_crops"]
+        eq = self.cfg.eqcoh
+        name = str(eq.transform)
+        self._eqcoh_diag = step_diagnostics(
+            recon, shuffled, targets.to(recon.device), crops[crops.shape[0] // 2 :].to(recon.device),
+            u.to(recon.device), theta.to(recon.device), name,
+            grid=int(self.cfg.crops.global_crops_size) // int(self.cfg.student.patch_size),
+            max_blur_sigma=float(eq.ranges.blur_sigma[1]) if name == "blur" else None,
+        )
+
+    def log_metrics(self) -> dict[str, float]:
+        """The latest diagnostics as numbers, for DINOv2's metric logger (patches/0010: called at every iteration
+        after the losses, so the one device-to-host copy here is in the logging, not in `forward_backward`)."""
+        if not self._eqcoh_diag:
+            return {}
+        values = torch.stack([v.float() for v in self._eqcoh_diag.values()]).tolist()
+        return dict(zip(self._eqcoh_diag, values))
