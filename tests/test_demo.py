@@ -35,7 +35,12 @@ def test_demo_writes_the_documented_report(tmp_path):
     assert "loss_weight: 0" in cfgs["dinov2"] and "apply_to_view: false" in cfgs["dinov2"]
     assert "loss_weight: 0" in cfgs["dinov2_aug"] and "apply_to_view: true" in cfgs["dinov2_aug"]
     assert "loss_weight: 1.0" in cfgs["eqcoh"]
-    for picture in ("r2_bars.png", "reconstructions.png"):
+    # the decoders' diagnostics (issue 29): the final student on fresh images, and the curves logged in training
+    rec = report["models"]["eqcoh"]["reconstruction"]
+    assert [r["k"] for r in rec["per_k"]] == [1, 2] and rec["iteration"] == 3 and rec["grad_ratio"] > 0
+    assert "reconstruction" not in report["models"]["dinov2_aug"]  # λ 0: no decoders to diagnose
+    assert "Does the auxiliary task do its job?" in (out / "report.md").read_text()
+    for picture in ("r2_bars.png", "reconstructions.png", "diagnostics.png"):
         assert (out / picture).stat().st_size > 1000
     assert "| eqcoh |" in (out / "report.md").read_text()
     # the untrained reference: the same probes on a randomly initialised backbone, in the JSON, table and bars

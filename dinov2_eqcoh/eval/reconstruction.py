@@ -200,6 +200,75 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(report: dict[str, Any]) -> list[str]:
+    """The per-k diagnostics as markdown lines (demo and study reports)."""
+    lines = ["| k | D_k MSE | copy v2 | pooled v2 | grid floor | shuffled v1 | lands at f | target f |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["per_k"]:
+        sh = f"{r['shuffled_v1']:.3f}" if r["shuffled_v1"] is not None else "–"
+        lines.append(f"| {r['k']} | {r['mse']:.3f} | {r['copy_v2']:.3f} | {r['pooled_v2']:.3f} | {r['grid_floor']:.3f} "
+                     f"| {sh} | {r['path_position']:.2f} | {r['target_position']:.2f} |")
+    ratio = f"{report['grad_ratio']:.3f}" if report.get("grad_ratio") is not None else "n/a"
+    gap = ", ".join(f"{g:.3f}" for g in report["decoder_gap"]) or "–"
+    lines += ["", f"MSE between consecutive decoders: {gap}; backbone gradient ratio ‖∇ λ·L_recon‖ / ‖∇ L_SSL‖: "
+              f"{ratio}; the mechanism acts (every D_k below copy v2 and pooled v2, within 1/6 of k/(K+1)): "
+              f"**{'yes' if report['acts'] else 'no'}** (iteration {report.get('iteration')}, {report['n']} images)."]
+    return lines
+
+
+def training_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's training_metrics.json that hold the decoders' diagnostics (`eqcoh_diag_*`)."""
+    path = Path(run_dir) / "training_metrics.json"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "eqcoh_diag_k1_mse" in r]
+
+
+def plot_training_diagnostics(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> bool:
+    """Two panels against iterations: each D_k's MSE with its θ-blind predictors, and its path position with the
+    target k/(K+1) and the ±1/6 band. Returns False (and draws nothing) without records or matplotlib."""
+    if not records:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no diagnostics picture (pip install matplotlib)")
+        return False
+    K = max(int(k.split("_k")[1].split("_")[0]) for k in records[0] if k.startswith("eqcoh_diag_k"))
+    its = [r["iteration"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k in range(1, K + 1):
+        c = colors[(k - 1) % len(colors)]
+        ax1.plot(its, [r[f"eqcoh_diag_k{k}_mse"] for r in records], color=c, label=f"D_{k}")
+        ax1.plot(its, [r[f"eqcoh_diag_k{k}_copy_v2"] for r in records], color=c, ls="--", lw=1, label=f"copy v2 (u_{k})")
+        ax1.plot(its, [r[f"eqcoh_diag_k{k}_pooled_v2"] for r in records], color=c, ls=":", lw=1,
+                 label=f"pooled v2 (u_{k})")
+        ax2.plot(its, [r[f"eqcoh_diag_k{k}_path"] for r in records], color=c, label=f"D_{k}")
+        target = k / (K + 1)
+        ax2.axhline(target, color=c, ls="--", lw=1)
+        ax2.axhspan(target - TOLERANCE, target + TOLERANCE, color=c, alpha=0.08)
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel("MSE to u_k (normalised pixels)")
+    ax1.legend(fontsize=6, ncol=2)
+    ax1.set_title("reconstruction vs θ-blind predictors", fontsize=9)
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("path position f of D_k's output")
+    ax2.legend(fontsize=6)
+    ax2.set_title("where D_k lands on g_{fθ}(u) (target k/(K+1), band ±1/6)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         "python -m dinov2_eqcoh.eval.reconstruction",
@@ -252,9 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = out / "reconstruction_diagnostics.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    tmp.replace(path)  # the numbers first: a failing picture loses nothing
     print(format_table(report))
     print(f"wrote {path}")
+    if plot_training_diagnostics(training_records(checkpoint.parent), out / "training_diagnostics.png",
+                                 f"{checkpoint.parent.name}: diagnostics logged during training"):
+        print(f"wrote {out / 'training_diagnostics.png'}")
     return 0
 
 

@@ -294,6 +294,23 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
         "",
         "![reconstructions](reconstructions.png)",
     ]
+    rec = models.get("eqcoh", {}).get("reconstruction")
+    if rec:
+        from dinov2_eqcoh.eval.reconstruction import markdown_table
+
+        lines += [
+            "",
+            "## Does the auxiliary task do its job? (eqcoh's decoders, `python -m dinov2_eqcoh.eval.reconstruction`)",
+            "",
+            "MSE to each target u_k (normalised pixels) of D_k's output and of θ-blind predictors: v2 itself, v2 "
+            "average-pooled to the token grid, and u_k pooled to the token grid (the grid floor); shuffled v1: D_k "
+            "with z_equi(v1) of another image; lands at f: the point g_{fθ}(u) of the path closest to D_k's output "
+            "at the token grid (θ used: near k/(K+1); θ ignored: 1). Final student, fresh images.",
+            "",
+            *markdown_table(rec),
+            "",
+            "![diagnostics during training](diagnostics.png)",
+        ]
     (output_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -314,6 +331,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-scale", type=float, default=1.0,
                    help="multiplies the dense probes' image and video counts (1: 1600 homography pairs, 8 videos, "
                         "800 segmentation images)")
+    p.add_argument("--diagnostic-images", type=int, default=256,
+                   help="fresh images for the decoders' diagnostics of the eqcoh run (default 256)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for all three runs, key=value")
     return p
 
@@ -360,7 +379,15 @@ def main(argv=None) -> int:
     reference = {"untrained": evaluate_untrained(output_dir / names[0], args)}
     r2_bars({**reference, **models}, output_dir / "r2_bars.png")
     if "eqcoh" in models:
-        reconstruction_grid(output_dir / "eqcoh", output_dir / "reconstructions.png")
+        from dinov2_eqcoh.eval.reconstruction import diagnose, plot_training_diagnostics, training_records
+
+        run_dir = output_dir / "eqcoh"
+        print("[demo] diagnosing the decoders of eqcoh (eval.reconstruction)", flush=True)
+        models["eqcoh"]["reconstruction"] = diagnose(run_dir / "model_final.rank_0.pth", n=args.diagnostic_images)
+        # the numbers are in the report first; the pictures come after and lose nothing if they fail
+        plot_training_diagnostics(training_records(run_dir), output_dir / "diagnostics.png",
+                                  "eqcoh: the decoders' diagnostics logged during training")
+        reconstruction_grid(run_dir, output_dir / "reconstructions.png")
     import platform
 
     report = {

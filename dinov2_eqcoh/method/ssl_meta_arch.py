@@ -379,7 +379,8 @@ class EqCohSSLMetaArch(SSLMetaArch):
     def log_metrics(self) -> dict[str, float]:
         """The latest diagnostics as numbers, for DINOv2's metric logger (patches/0010: called at every iteration
         after the losses, so the one device-to-host copy here is in the logging, not in `forward_backward`)."""
-        if not self._eqcoh_diag:
+        diag = getattr(self, "_eqcoh_diag", None)  # λ = 0 builds no decoders and has none
+        if not diag:
             return {}
-        values = torch.stack([v.float() for v in self._eqcoh_diag.values()]).tolist()
-        return dict(zip(self._eqcoh_diag, values))
+        values = torch.stack([v.float() for v in diag.values()]).tolist()
+        return dict(zip(diag, values))
