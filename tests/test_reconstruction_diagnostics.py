@@ -103,3 +103,22 @@ def test_cli_names_what_is_wrong(tiny_run, tmp_path):
     assert proc.returncode == 2 and "not a training checkpoint" in proc.stdout and "model_*.rank_0.pth" in proc.stdout
     proc = run([PYTHON, "-m", "dinov2_eqcoh.eval.reconstruction", "--run-dir", tmp_path], check=False)
     assert proc.returncode == 2 and "no training checkpoint" in proc.stdout
+
+
+def test_acting_since_reads_the_training_logs():
+    from dinov2_eqcoh.eval.reconstruction import acting_since, record_acts
+
+    def rec(it, mse, path1, path2):  # K = 2; copy v2 0.3, pooled v2 0.4 for both k
+        r = {"iteration": it}
+        for k, path in ((1, path1), (2, path2)):
+            r |= {f"eqcoh_diag_k{k}_mse": mse, f"eqcoh_diag_k{k}_copy_v2": 0.3, f"eqcoh_diag_k{k}_pooled_v2": 0.4,
+                  f"eqcoh_diag_k{k}_path": path}
+        return r
+
+    good, blind, off_path = rec(0, 0.1, 1 / 3, 2 / 3), rec(0, 0.35, 1 / 3, 2 / 3), rec(0, 0.1, 0.58, 0.67)
+    assert record_acts(good) and not record_acts(blind) and not record_acts(off_path)  # 0.58: 0.25 from 1/3
+    log = [blind, good, blind, good, good]
+    for i, r in enumerate(log):
+        log[i] = {**r, "iteration": 10 * i}
+    assert acting_since(log) == 30  # the target holds from the last miss on
+    assert acting_since(log[:3]) is None

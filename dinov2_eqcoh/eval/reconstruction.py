@@ -225,6 +225,27 @@ def training_records(run_dir: str | Path) -> list[dict[str, Any]]:
     return [r for r in records if "eqcoh_diag_k1_mse" in r]
 
 
+def record_acts(record: dict[str, Any]) -> bool:
+    """Issue 29's target on one logged record: every D_k below copy v2 and pooled v2, within 1/6 of k/(K+1)."""
+    K = max(int(k.split("_k")[1].split("_")[0]) for k in record if k.startswith("eqcoh_diag_k"))
+    return all(
+        record[f"eqcoh_diag_k{k}_mse"] < min(record[f"eqcoh_diag_k{k}_copy_v2"], record[f"eqcoh_diag_k{k}_pooled_v2"])
+        and abs(record[f"eqcoh_diag_k{k}_path"] - k / (K + 1)) <= TOLERANCE + 1e-9
+        for k in range(1, K + 1)
+    )
+
+
+def acting_since(records: Sequence[dict[str, Any]]) -> int | None:
+    """The first logged iteration from which every later record meets the target (None: the last one does not)."""
+    since = None
+    for r in records:
+        if record_acts(r):
+            since = r["iteration"] if since is None else since
+        else:
+            since = None
+    return since
+
+
 def plot_training_diagnostics(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> bool:
     """Two panels against iterations: each D_k's MSE with its θ-blind predictors, and its path position with the
     target k/(K+1) and the ±1/6 band. Returns False (and draws nothing) without records or matplotlib."""
@@ -324,7 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp.replace(path)  # the numbers first: a failing picture loses nothing
     print(format_table(report))
     print(f"wrote {path}")
-    if plot_training_diagnostics(training_records(checkpoint.parent), out / "training_diagnostics.png",
+    records = training_records(checkpoint.parent)
+    if records:
+        since = acting_since(records)
+        print("training logs: " + (f"the target holds from iteration {since} to the end" if since is not None
+                                   else "the target does not hold at the last logged iteration"))
+    if plot_training_diagnostics(records, out / "training_diagnostics.png",
                                  f"{checkpoint.parent.name}: diagnostics logged during training"):
         print(f"wrote {out / 'training_diagnostics.png'}")
     return 0
