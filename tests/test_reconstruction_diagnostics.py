@@ -122,3 +122,22 @@ def test_acting_since_reads_the_training_logs():
         log[i] = {**r, "iteration": 10 * i}
     assert acting_since(log) == 30  # the target holds from the last miss on
     assert acting_since(log[:3]) is None
+
+
+def test_training_step_diagnostics_agree_with_the_cli_figures():
+    """The in-step version (per state, on the device, 0-d tensors) gives the CLI's numbers on the same tensors."""
+    from dinov2_eqcoh.method.diagnostics import step_diagnostics
+
+    u, theta, targets, v2 = rendered("se2", 2)
+    pred = 0.5 * targets + 0.5 * v2  # halfway between each target and v2
+    shuffled = pred.roll(1, dims=1)
+    fractions, states = path_states(u, theta, "se2")
+    cli = summarize_outputs(pred, targets, v2, fractions, states, 4, pred_shuffled=shuffled)
+    step = step_diagnostics(pred, shuffled, targets, v2, u, theta, "se2", grid=4)
+    for r in cli["per_k"]:
+        k = r["k"]
+        for name, key in (("mse", "mse"), ("copy_v2", "copy_v2"), ("pooled_v2", "pooled_v2"),
+                          ("grid_floor", "grid_floor"), ("shuffled_v1", "shuffled_v1"), ("path_position", "path")):
+            assert step[f"eqcoh_diag_k{k}_{key}"].item() == pytest.approx(r[name], rel=1e-5), (k, name)
+    assert step["eqcoh_diag_gap_k1"].item() == pytest.approx(cli["decoder_gap"][0], rel=1e-5)
+    assert 1 / 3 < cli["per_k"][0]["path_position"] < 1  # halfway to v2 lands between u_1 and v2

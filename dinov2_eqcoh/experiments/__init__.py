@@ -3,9 +3,10 @@
 
 - `demo`: `make demo`, three models on the built-in dataset, probed, with a report;
 - `study`: `make study`, training seeds x models with paired 95 % intervals, resumable;
+- `regime`: the search for a small-scale regime where the decoders act, on their diagnostics only, resumable;
 - `bench`: `python -m dinov2_eqcoh.experiments.bench`, FLOPs, step time, memory and augmentation throughput;
 - `gpucheck`: the one-shot check run on a lent GPU.
 
-May import any part of `dinov2_eqcoh`; nothing imports this package except its own modules and the deprecated
-top-level shims (`dinov2_eqcoh.demo`, ...).
+May import any part of `dinov2_eqcoh`; nothing imports this package except its own modules (the deprecated
+top-level names `dinov2_eqcoh.demo`, ... resolve to it by string, `dinov2_eqcoh._moved`).
 """

@@ -139,11 +139,12 @@ def step_diagnostics(
     recon, targets, v2 = recon.detach().float(), targets.float(), v2.float()
     K = recon.shape[0]
     pooled_v2 = pool_to_grid(v2, grid)
-    B = u.shape[0]
     fractions = torch.linspace(0, 1, steps + 1, device=u.device)
-    states = render(u.float(), transform, theta.float()[:, None, :] * fractions[None, :, None],
-                    max_blur_sigma=max_blur_sigma)  # (B, S, 3, G, G)
-    s = F.adaptive_avg_pool2d(states.flatten(0, 1), grid).unflatten(0, (B, steps + 1))
+    # one state at a time, pooled at once: the diagnosed step holds B images more, not (steps + 1)·B
+    s = torch.stack([
+        F.adaptive_avg_pool2d(render(u.float(), transform, theta.float() * f, max_blur_sigma=max_blur_sigma), grid)
+        for f in fractions.unbind()
+    ], dim=1)  # (B, S, 3, g, g)
     out = {}
     for k in range(K):
         u_k = targets[k]

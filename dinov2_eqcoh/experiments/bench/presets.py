@@ -45,8 +45,10 @@ class Preset:
     cpu_batch_size: int | None = None
 
 
-# plain fp32 modules: no fp16 loss scaling (DINOv2 scales the loss for its fp16 FSDP compute)
-_COMMON = ("compute_precision.grad_scaler=false",)
+# plain fp32 modules: no fp16 loss scaling (DINOv2 scales the loss for its fp16 FSDP compute); the method without
+# its training-log diagnostics (every eqcoh.diagnostics_every-th step, extra decoder passes and a path rendering:
+# measure them with --opt eqcoh.diagnostics_every=1)
+_COMMON = ("compute_precision.grad_scaler=false", "eqcoh.diagnostics_every=0")
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
