@@ -33,10 +33,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # printed: DINOv2's main sets up logging only later
     print(f"dinov2_eqcoh: DINOv2 {pin.get('url', '?')} @ {pin.get('commit', '?')} + patches/", flush=True)
     from dinov2_eqcoh.run.folder import RunFolderError
+    from dinov2_eqcoh.run.lock import RunFolderLockedError
 
     try:
         dinov2_main(args)
-    except RunFolderError as e:  # raised before anything was written: the message is the whole story
+    except (RunFolderError, RunFolderLockedError) as e:  # raised before anything was written: the message says it all
         raise SystemExit(f"error: {e}") from None
 
 

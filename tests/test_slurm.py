@@ -256,3 +256,23 @@ def test_profile_errors_name_the_problem(tmp_path, monkeypatch):
     monkeypatch.setenv("DINOV2_EQCOH_PROFILES", str(tmp_path / "absent"))
     with pytest.raises(ValueError, match=r"no profile folder at .*absent; set DINOV2_EQCOH_PROFILES"):
         load_profile("mine")
+
+
+def test_second_submission_into_a_folder_a_running_job_holds_is_refused(cluster, tmp_path):
+    """One writer per run folder (run/lock.py): a double `sbatch` into a fixed folder stops at submission, naming
+    the job that holds it; the job itself is not disturbed."""
+    folder = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dinov2_eqcoh.run.train", "--cluster-profile", "local", "--config-file", str(CONFIG),
+           "--output-dir", str(folder), "optim.epochs=80", "evaluation.eval_period_iterations=0"]
+    env = dict(cluster.env, OMP_NUM_THREADS="1")
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    job = SUBMITTED.search(first.stdout + first.stderr).group(1)
+    try:
+        wait_for(cluster, job, folder, lambda: (folder / ".eqcoh.lock").exists(), "the job's run-folder lock")
+        second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "is in use by another run" in second.stderr and f"SLURM job {job}" in second.stderr, second.stderr
+        assert not SUBMITTED.search(second.stdout + second.stderr)  # nothing was queued
+        assert job_field(cluster, job, "JobState") in ("RUNNING", "COMPLETING", "COMPLETED")
+    finally:
+        cluster.run(["scancel", job])

@@ -68,6 +68,14 @@ def logged_train_seconds(run_dir: Path) -> float:
     return total
 
 
+def planned_iterations(run_dir: Path) -> int:
+    """optim.epochs × train.OFFICIAL_EPOCH_LENGTH of the run's config (a finished run resumed saves again)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    return int(cfg.optim.epochs) * int(cfg.train.OFFICIAL_EPOCH_LENGTH)
+
+
 def row(name: str, d: dict) -> str:
     k = d["per_k"]
 
@@ -123,7 +131,8 @@ def main(argv=None) -> int:
         seconds = logged_train_seconds(out / name) or wall
         d = diagnose(out / name / "model_final.rank_0.pth")
         records = training_records(out / name)
-        d |= {"train_seconds": seconds, "iterations": int(d["iteration"]) + 1, "acting_since": acting_since(records),
+        d |= {"train_seconds": seconds, "iterations": planned_iterations(out / name),
+              "acting_since": acting_since(records),
               "overrides": CANDIDATES[name][0], "what": CANDIDATES[name][1]}
         plot_training_diagnostics(records, out / name / "training_diagnostics.png", f"{name}: logged in training")
         results[name] = d

@@ -543,9 +543,13 @@ def check_in_dinov2_setup(cfg) -> RunFolderPlan | None:
     args = _dinov2_args()
     if args is None or not getattr(args, "output_dir", ""):
         return None
+    from dinov2_eqcoh.run.lock import acquire_lock, check_lock
+
     rank = _rank()
+    check_lock(args.output_dir)  # every rank: none waits for a rank 0 that stopped here
     plan = plan_run_folder(cfg, args.output_dir, no_resume=bool(getattr(args, "no_resume", False)), rank=rank)
     if rank == 0:
+        acquire_lock(args.output_dir)  # one writer per folder, before anything is written (run/lock.py)
         apply_plan(plan)
     return plan
 
@@ -561,8 +565,10 @@ def check_before_submit(config_file: str, opts: Sequence[str], output_dir: str, 
     from omegaconf import OmegaConf
 
     from dinov2_eqcoh.method.config import build_cfg
+    from dinov2_eqcoh.run.lock import check_lock
 
     out = os.path.abspath(output_dir)
+    check_lock(out)  # a second submission into a folder a live job holds (a double sbatch)
     cfg = build_cfg(OmegaConf.create(dinov2_default_config), OmegaConf.load(config_file),
                     OmegaConf.from_dotlist([*opts, f"train.output_dir={out}"]), file_name=config_file)
     return plan_run_folder(cfg, out, no_resume=no_resume)

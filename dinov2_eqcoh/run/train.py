@@ -38,6 +38,7 @@ from dinov2.train import get_args_parser as get_train_args_parser
 from dinov2.utils.cluster import ClusterType, get_slurm_executor_parameters
 
 from dinov2_eqcoh.run.folder import check_before_submit
+from dinov2_eqcoh.run.lock import RunFolderLockedError
 
 try:
     from dinov2.run.train.train import Trainer as DINOv2Trainer
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(render_sbatch(make_executor(args, name=JOB_NAME)), end="")
             return 0
-    except ValueError as e:
+    except (ValueError, RunFolderLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.cluster == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
