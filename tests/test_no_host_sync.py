@@ -47,12 +47,12 @@ def test_forward_backward_reads_nothing_back(transform, opts):
     """EqCohMetaArch.forward_backward (rendering, DINOv2's losses on z_inv, L_recon, the backward) on meta tensors."""
     from dinov2_eqcoh.meta_arch import EqCohMetaArch
 
-    cfg, batch = tiny(transform, *opts)
+    cfg, batch = tiny(transform, "eqcoh.diagnostics_every=1", *opts)  # the bench presets switch them off
     with torch.device("meta"):
         model = EqCohMetaArch(cfg)
     model.train()
     loss_dict = model.forward_backward(batch, teacher_temp=0.07)
     assert "eqcoh_recon_loss" in loss_dict and all(v.device.type == "meta" for v in loss_dict.values())
     assert model.student["eqcoh_head"].proj.weight.grad is not None
-    # the first step is diagnosed (eqcoh.diagnostics_every): the diagnostics too stay on the device
+    # this step is diagnosed (eqcoh.diagnostics_every 1): the diagnostics too stay on the device
     assert "eqcoh_diag_k1_path" in model._eqcoh_diag and all(v.device.type == "meta" for v in model._eqcoh_diag.values())
