@@ -45,9 +45,11 @@ import torch
 from dinov2_eqcoh.method.diagnostics import (  # noqa: F401 - the pure functions, importable from here too
     PATH_STEPS,
     TOLERANCE,
+    n_decoders,
     path_position,
     path_states,
     pool_to_grid,
+    record_acts,
     summarize_outputs,
 )
 
@@ -88,7 +90,12 @@ def decoder_outputs(model, batch: dict[str, Any], shift: int = 1) -> dict[str, t
     images, targets = model.render_second_view(batch)
     crops = images["collated_global_crops"].float()  # (2B, 3, G, G): v1 then v2
     B = crops.shape[0] // 2
-    out = model.student.backbone(crops, is_training=True)  # the student hook adds z_equi (unmasked here)
+    training = model.student.backbone.training
+    model.student.backbone.eval()  # no drop-path: the trained network, not a sample of it
+    try:
+        out = model.student.backbone(crops, is_training=True)  # the student hook adds z_equi (unmasked here)
+    finally:
+        model.student.backbone.train(training)
     z1, z2 = out["eqcoh_z_equi_patchtokens"].float().chunk(2)
     decoders = model.student["eqcoh_decoders"]
     pred = decoders(torch.cat([z1, z2], dim=-1))
@@ -165,6 +172,14 @@ def diagnose(checkpoint: str | Path, *, n: int = 256, config: str | Path | None 
     """Every diagnostic of one training checkpoint (see the module docstring)."""
     t0 = time.time()
     model, cfg, iteration = load_student_model(checkpoint, config)
+    report = diagnose_model(model, cfg, n=n, dataset=dataset, seed=seed, steps=steps, grad_batch=grad_batch)
+    report.update(checkpoint=str(checkpoint), iteration=iteration, seconds=round(time.time() - t0, 1))
+    return report
+
+
+def diagnose_model(model, cfg, *, n: int = 256, dataset: str | None = None, seed: int = 2, steps: int = PATH_STEPS,
+                   grad_batch: int = 64) -> dict[str, Any]:
+    """`diagnose` of a model already loaded (`load_student_model`)."""
     batch = diagnostic_batch(cfg, n, seed, dataset)
     out = decoder_outputs(model, batch)
     transform = str(cfg.eqcoh.transform)
@@ -178,9 +193,8 @@ def diagnose(checkpoint: str | Path, *, n: int = 256, config: str | Path | None 
     except Exception as e:  # a diagnostic, not the run: say why it is missing
         logger.warning(f"gradient ratio not computed: {type(e).__name__}: {e}")
         report["grad_ratio"] = None
-    report.update(checkpoint=str(checkpoint), iteration=iteration, n=n, transform=transform, path_steps=steps,
-                  loss_weight=float(cfg.eqcoh.loss_weight), decoder_dim=int(cfg.eqcoh.decoder.dim),
-                  seconds=round(time.time() - t0, 1))
+    report.update(n=n, transform=transform, path_steps=steps, loss_weight=float(cfg.eqcoh.loss_weight),
+                  decoder_dim=int(cfg.eqcoh.decoder.dim))
     return report
 
 
@@ -225,16 +239,6 @@ def training_records(run_dir: str | Path) -> list[dict[str, Any]]:
     return [r for r in records if "eqcoh_diag_k1_mse" in r]
 
 
-def record_acts(record: dict[str, Any]) -> bool:
-    """Issue 29's target on one logged record: every D_k below copy v2 and pooled v2, within 1/6 of k/(K+1)."""
-    K = max(int(k.split("_k")[1].split("_")[0]) for k in record if k.startswith("eqcoh_diag_k"))
-    return all(
-        record[f"eqcoh_diag_k{k}_mse"] < min(record[f"eqcoh_diag_k{k}_copy_v2"], record[f"eqcoh_diag_k{k}_pooled_v2"])
-        and abs(record[f"eqcoh_diag_k{k}_path"] - k / (K + 1)) <= TOLERANCE + 1e-9
-        for k in range(1, K + 1)
-    )
-
-
 def acting_since(records: Sequence[dict[str, Any]]) -> int | None:
     """The first logged iteration from which every later record meets the target (None: the last one does not)."""
     since = None
@@ -259,7 +263,7 @@ def plot_training_diagnostics(records: Sequence[dict[str, Any]], path: str | Pat
     except ImportError:
         logger.warning("matplotlib is not installed: no diagnostics picture (pip install matplotlib)")
         return False
-    K = max(int(k.split("_k")[1].split("_")[0]) for k in records[0] if k.startswith("eqcoh_diag_k"))
+    K = n_decoders(records[0])
     its = [r["iteration"] for r in records]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -157,40 +157,28 @@ def evaluate_untrained(run_dir: Path, args) -> dict:
 
 
 @torch.no_grad()
-def reconstruction_grid(run_dir: Path, path: Path, n: int = 6) -> None:
-    """v1, v2, the targets u_k and the decoders' predictions D_k([z_equi(v1); z_equi(v2)]) for a few images."""
+def reconstruction_grid(model, cfg, path: Path, n: int = 6) -> None:
+    """v1, v2, the targets u_k and the decoders' predictions D_k([z_equi(v1); z_equi(v2)]) for a few images.
+
+    Args:
+        model, cfg: the eqcoh run's student (`dinov2_eqcoh.eval.reconstruction.load_student_model`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dinov2_eqcoh.data.datasets import make_dataset
-    from dinov2_eqcoh.meta_arch import EqCohMetaArch
-    from dinov2_eqcoh.method.augmentation import build_data_transform
-    from dinov2_eqcoh.method.collate import build_collate_fn
-    from dinov2_eqcoh.method.config import load_config
+    from dinov2_eqcoh.eval.reconstruction import decoder_outputs, diagnostic_batch
     from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from dinov2_eqcoh.weights.checkpoints import load_checkpoint_file
 
-    cfg = load_config(run_dir / "config.yaml")
-    model = EqCohMetaArch(cfg)
-    # strict: a missing or unexpected key is an error that names it
-    model.load_state_dict(load_checkpoint_file(run_dir / "model_final.rank_0.pth")["model"])
-    model.student.eval()  # (SSLMetaArch.train() takes no mode argument, so no model.eval())
-    torch.manual_seed(0)
-    size = cfg.crops.global_crops_size
-    ds = make_dataset(dataset_str=f"Synthetic:n={n}:size={size + 8}:classes=10:seed=2",
-                      transform=build_data_transform(cfg))
-    batch = build_collate_fn(cfg, torch.float32)([ds[i] for i in range(n)])
-    images, targets = model.render_second_view(batch)  # as in training: [v1; v2 = g_θ(u)], targets u_k (K, n, 3, G, G)
-    crops = images["collated_global_crops"]  # (2n, 3, G, G): v1 then v2
-    out = model.student.backbone(crops, is_training=True)  # the hook adds z_equi
-    z1, z2 = out["eqcoh_z_equi_patchtokens"].chunk(2)
-    pred = model.student["eqcoh_decoders"](torch.cat([z1, z2], dim=-1))  # (K, n, 3, G, G)
+    batch = diagnostic_batch(cfg, n)  # the diagnostics' images and rendering, as in training
+    out = decoder_outputs(model, batch)
+    v1 = batch["collated_global_crops"][:n]
+    targets, pred = out["targets"], out["pred"]  # (K, n, 3, G, G)
     mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
     K = targets.shape[0]
-    cols = [("v1", crops[:n]), ("v2 = g_θ(u)", crops[n:])]
+    cols = [("v1", v1), ("v2 = g_θ(u)", out["v2"])]
     for k in range(K):
         cols += [(f"u_{k + 1} target", targets[k]), (f"D_{k + 1} prediction", pred[k])]
     fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n))
@@ -379,15 +367,23 @@ def main(argv=None) -> int:
     reference = {"untrained": evaluate_untrained(output_dir / names[0], args)}
     r2_bars({**reference, **models}, output_dir / "r2_bars.png")
     if "eqcoh" in models:
-        from dinov2_eqcoh.eval.reconstruction import diagnose, plot_training_diagnostics, training_records
+        from dinov2_eqcoh.eval.reconstruction import (
+            diagnose_model,
+            load_student_model,
+            plot_training_diagnostics,
+            training_records,
+        )
 
         run_dir = output_dir / "eqcoh"
         print("[demo] diagnosing the decoders of eqcoh (eval.reconstruction)", flush=True)
-        models["eqcoh"]["reconstruction"] = diagnose(run_dir / "model_final.rank_0.pth", n=args.diagnostic_images)
+        ckpt = run_dir / "model_final.rank_0.pth"
+        student, cfg, iteration = load_student_model(ckpt)  # strict: a missing or unexpected key names itself
+        rec = diagnose_model(student, cfg, n=args.diagnostic_images)
+        models["eqcoh"]["reconstruction"] = {**rec, "checkpoint": str(ckpt), "iteration": iteration}
         # the numbers are in the report first; the pictures come after and lose nothing if they fail
         plot_training_diagnostics(training_records(run_dir), output_dir / "diagnostics.png",
                                   "eqcoh: the decoders' diagnostics logged during training")
-        reconstruction_grid(run_dir, output_dir / "reconstructions.png")
+        reconstruction_grid(student, cfg, output_dir / "reconstructions.png")
     import platform
 
     report = {

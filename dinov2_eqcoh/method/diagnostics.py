@@ -45,9 +45,34 @@ def path_states(u: torch.Tensor, theta: torch.Tensor, transform: str, steps: int
     Returns:
         (fractions (S,), states (B, S, 3, G, G)) with S = steps + 1.
     """
-    fractions = torch.linspace(0, 1, steps + 1)
-    thetas = theta.float()[:, None, :] * fractions.to(theta.device)[None, :, None]  # (B, S, P)
+    fractions = torch.linspace(0, 1, steps + 1, device=u.device)
+    thetas = theta.float()[:, None, :] * fractions[None, :, None]  # (B, S, P)
     return fractions, render(u.float(), transform, thetas, max_blur_sigma=max_blur_sigma)
+
+
+def pooled_path(u: torch.Tensor, theta: torch.Tensor, transform: str, grid: int, steps: int = PATH_STEPS,
+                max_blur_sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`path_states` average-pooled to the token grid, rendered one state at a time (a training step holds B
+    images more, not (steps + 1)·B). Returns (fractions (S,), pooled states (B, S, 3, grid, grid))."""
+    fractions = torch.linspace(0, 1, steps + 1, device=u.device)
+    pooled = torch.stack([
+        F.adaptive_avg_pool2d(render(u.float(), transform, theta.float() * f, max_blur_sigma=max_blur_sigma), grid)
+        for f in fractions.unbind()
+    ], dim=1)
+    return fractions, pooled
+
+
+def _pool_states(states: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, S, 3, G, G) -> (B, S, 3, grid, grid)."""
+    B, S = states.shape[:2]
+    return F.adaptive_avg_pool2d(states.float().flatten(0, 1), grid).unflatten(0, (B, S))
+
+
+def _nearest_fraction(pred: torch.Tensor, fractions: torch.Tensor, pooled_states: torch.Tensor, grid: int) -> torch.Tensor:
+    """0-d tensor: the f whose pooled state is closest (batch MSE) to `pred` pooled; nothing is read back."""
+    p = F.adaptive_avg_pool2d(pred.float(), grid)[:, None]  # (B, 1, 3, g, g)
+    best = ((p - pooled_states) ** 2).mean(dim=(0, 2, 3, 4)).argmin()  # 0-d index on the device
+    return fractions.gather(0, best.view(1))[0]  # (indexing with `best` itself would read it back)
 
 
 def path_position(pred: torch.Tensor, fractions: torch.Tensor, states: torch.Tensor, grid: int) -> float:
@@ -59,11 +84,65 @@ def path_position(pred: torch.Tensor, fractions: torch.Tensor, states: torch.Ten
     Args:
         pred: (B, 3, G, G) a decoder's output; fractions (S,), states (B, S, 3, G, G) from `path_states`.
     """
-    B, S = states.shape[:2]
-    p = F.adaptive_avg_pool2d(pred.float(), grid)[:, None]  # (B, 1, 3, g, g)
-    s = F.adaptive_avg_pool2d(states.float().flatten(0, 1), grid).unflatten(0, (B, S))  # (B, S, 3, g, g)
-    mse = ((p - s) ** 2).mean(dim=(0, 2, 3, 4))  # (S,)
-    return float(fractions[int(mse.argmin())])
+    return float(_nearest_fraction(pred, fractions, _pool_states(states, grid), grid))
+
+
+def figures(
+    recon: torch.Tensor,
+    recon_shuffled: torch.Tensor | None,
+    targets: torch.Tensor,
+    v2: torch.Tensor,
+    fractions: torch.Tensor,
+    pooled_states: torch.Tensor,
+    grid: int,
+) -> dict[str, torch.Tensor]:
+    """Every diagnostic as a 0-d tensor on the batch's device (nothing is read back to the host).
+
+    Args:
+        recon, recon_shuffled, targets: (K, B, 3, G, G); v2: (B, 3, G, G); fractions (S,) and pooled_states
+        (B, S, 3, grid, grid): the path (`pooled_path`).
+
+    Returns:
+        {"eqcoh_diag_k{k}_{mse,copy_v2,pooled_v2,grid_floor,shuffled_v1,path}", "eqcoh_diag_gap_k{k}"} with
+        k = 1..K (gap: MSE(D_k, D_k+1), k < K).
+    """
+    recon, targets, v2 = recon.detach().float(), targets.float(), v2.float()
+    K = recon.shape[0]
+    pooled_v2 = pool_to_grid(v2, grid)
+    out = {}
+    for k in range(K):
+        u_k = targets[k]
+        out[f"eqcoh_diag_k{k + 1}_mse"] = F.mse_loss(recon[k], u_k)
+        out[f"eqcoh_diag_k{k + 1}_copy_v2"] = F.mse_loss(v2, u_k)
+        out[f"eqcoh_diag_k{k + 1}_pooled_v2"] = F.mse_loss(pooled_v2, u_k)
+        out[f"eqcoh_diag_k{k + 1}_grid_floor"] = F.mse_loss(pool_to_grid(u_k, grid), u_k)
+        if recon_shuffled is not None:
+            out[f"eqcoh_diag_k{k + 1}_shuffled_v1"] = F.mse_loss(recon_shuffled[k].detach().float(), u_k)
+        out[f"eqcoh_diag_k{k + 1}_path"] = _nearest_fraction(recon[k], fractions, pooled_states, grid)
+    for k in range(K - 1):
+        out[f"eqcoh_diag_gap_k{k + 1}"] = F.mse_loss(recon[k], recon[k + 1])
+    return out
+
+
+def n_decoders(record: dict[str, Any]) -> int:
+    """K of a diagnostics dict (`figures`, or a training_metrics.json record)."""
+    return max(int(k.split("_k")[1].split("_")[0]) for k in record if k.startswith("eqcoh_diag_k"))
+
+
+def on_path(path: float, k: int, K: int) -> bool:
+    """Issue 29: D_k lands within 1/6 of k/(K+1)."""
+    return abs(path - k / (K + 1)) <= TOLERANCE + 1e-9
+
+
+def record_acts(record: dict[str, Any]) -> bool:
+    """Issue 29's target on a diagnostics dict of numbers: every D_k below copy v2 and pooled v2, within 1/6 of
+    k/(K+1)."""
+    K = n_decoders(record)
+    return all(
+        record[f"eqcoh_diag_k{k}_mse"] < min(record[f"eqcoh_diag_k{k}_copy_v2"], record[f"eqcoh_diag_k{k}_pooled_v2"])
+        and on_path(record[f"eqcoh_diag_k{k}_path"], k, K)
+        for k in range(1, K + 1)
+    )
 
 
 def summarize_outputs(
@@ -75,7 +154,7 @@ def summarize_outputs(
     grid: int,
     pred_shuffled: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """The per-k diagnostics of decoder outputs against their targets and the θ-blind predictors.
+    """`figures` as numbers, one row per decoder (the CLI's and the reports' form).
 
     Args:
         pred: (K, B, 3, G, G) D_k([z_equi(v1); z_equi(v2)]).
@@ -89,29 +168,20 @@ def summarize_outputs(
         {"K", "grid", "per_k": [{k, mse, copy_v2, pooled_v2, grid_floor, shuffled_v1, path_position,
         target_position, below_copy_v2, below_pooled_v2, on_path}], "decoder_gap": [MSE(D_k, D_k+1)], "acts"}.
     """
-    K = pred.shape[0]
-    pred, targets, v2 = pred.float(), targets.float(), v2.float()
-    pooled_v2 = pool_to_grid(v2, grid)
+    f = figures(pred, pred_shuffled, targets, v2, fractions, _pool_states(states, grid), grid)
+    d = dict(zip(f, torch.stack(list(f.values())).tolist()))
+    K = n_decoders(d)
     rows = []
-    for k in range(K):
-        u_k = targets[k]
-        row = {
-            "k": k + 1,
-            "mse": F.mse_loss(pred[k], u_k).item(),
-            "copy_v2": F.mse_loss(v2, u_k).item(),
-            "pooled_v2": F.mse_loss(pooled_v2, u_k).item(),
-            "grid_floor": F.mse_loss(pool_to_grid(u_k, grid), u_k).item(),
-            "shuffled_v1": F.mse_loss(pred_shuffled[k].float(), u_k).item() if pred_shuffled is not None else None,
-            "path_position": path_position(pred[k], fractions, states, grid),
-            "target_position": (k + 1) / (K + 1),
-        }
+    for k in range(1, K + 1):
+        row = {"k": k, **{name: d[f"eqcoh_diag_k{k}_{name}"] for name in ("mse", "copy_v2", "pooled_v2", "grid_floor")},
+               "shuffled_v1": d.get(f"eqcoh_diag_k{k}_shuffled_v1"), "path_position": d[f"eqcoh_diag_k{k}_path"],
+               "target_position": k / (K + 1)}
         row["below_copy_v2"] = row["mse"] < row["copy_v2"]
         row["below_pooled_v2"] = row["mse"] < row["pooled_v2"]
-        row["on_path"] = abs(row["path_position"] - row["target_position"]) <= TOLERANCE + 1e-9
+        row["on_path"] = on_path(row["path_position"], k, K)
         rows.append(row)
-    gaps = [F.mse_loss(pred[k], pred[k + 1]).item() for k in range(K - 1)]
-    acts = all(r["below_copy_v2"] and r["below_pooled_v2"] and r["on_path"] for r in rows)
-    return {"K": K, "grid": grid, "per_k": rows, "decoder_gap": gaps, "acts": acts}
+    gaps = [d[f"eqcoh_diag_gap_k{k}"] for k in range(1, K)]
+    return {"K": K, "grid": grid, "per_k": rows, "decoder_gap": gaps, "acts": record_acts(d)}
 
 
 @torch.no_grad()
@@ -127,36 +197,10 @@ def step_diagnostics(
     steps: int = PATH_STEPS,
     max_blur_sigma: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """`summarize_outputs`'s figures as 0-d tensors on the batch's device (nothing is read back to the host).
+    """`figures` of a training batch: the path rendered from u and θ (`pooled_path`), nothing read back.
 
     Args:
         recon, recon_shuffled, targets: (K, B, 3, G, G); v2, u: (B, 3, G, G); theta: (B, P).
-
-    Returns:
-        {"eqcoh_diag_k{k}_{mse,copy_v2,pooled_v2,grid_floor,shuffled_v1,path}", "eqcoh_diag_gap_k{k}"} with
-        k = 1..K (gap: MSE(D_k, D_k+1), k < K).
     """
-    recon, targets, v2 = recon.detach().float(), targets.float(), v2.float()
-    K = recon.shape[0]
-    pooled_v2 = pool_to_grid(v2, grid)
-    fractions = torch.linspace(0, 1, steps + 1, device=u.device)
-    # one state at a time, pooled at once: the diagnosed step holds B images more, not (steps + 1)·B
-    s = torch.stack([
-        F.adaptive_avg_pool2d(render(u.float(), transform, theta.float() * f, max_blur_sigma=max_blur_sigma), grid)
-        for f in fractions.unbind()
-    ], dim=1)  # (B, S, 3, g, g)
-    out = {}
-    for k in range(K):
-        u_k = targets[k]
-        out[f"eqcoh_diag_k{k + 1}_mse"] = F.mse_loss(recon[k], u_k)
-        out[f"eqcoh_diag_k{k + 1}_copy_v2"] = F.mse_loss(v2, u_k)
-        out[f"eqcoh_diag_k{k + 1}_pooled_v2"] = F.mse_loss(pooled_v2, u_k)
-        out[f"eqcoh_diag_k{k + 1}_grid_floor"] = F.mse_loss(pool_to_grid(u_k, grid), u_k)
-        if recon_shuffled is not None:
-            out[f"eqcoh_diag_k{k + 1}_shuffled_v1"] = F.mse_loss(recon_shuffled[k].float(), u_k)
-        p = F.adaptive_avg_pool2d(recon[k], grid)[:, None]
-        best = ((p - s) ** 2).mean(dim=(0, 2, 3, 4)).argmin()  # 0-d index on the device
-        out[f"eqcoh_diag_k{k + 1}_path"] = fractions.gather(0, best.view(1))[0]  # (indexing with it reads it back)
-    for k in range(K - 1):
-        out[f"eqcoh_diag_gap_k{k + 1}"] = F.mse_loss(recon[k], recon[k + 1])
-    return out
+    fractions, pooled = pooled_path(u, theta, transform, grid, steps, max_blur_sigma)
+    return figures(recon, recon_shuffled, targets, v2, fractions, pooled, grid)

@@ -134,6 +134,7 @@ class EqCohSSLMetaArch(SSLMetaArch):
         self._eqcoh_z_equi: torch.Tensor | None = None  # (2B, N, d_equi) of the last student global forward
         self._eqcoh_recon_loss: torch.Tensor | None = None
         self._eqcoh_u_theta: tuple[torch.Tensor, torch.Tensor] | None = None  # u, θ of a diagnosed batch
+        self._eqcoh_recon: torch.Tensor | None = None  # (K, B, 3, G, G) the step's reconstructions, detached
 
     # ------------------------------------------------------------------------------------------ student/teacher pairs
 
@@ -273,10 +274,20 @@ class EqCohSSLMetaArch(SSLMetaArch):
             targets: (K, B, 3, G, G) u_k in the normalised pixel space of the crops.
 
         Returns:
-            Scalar pixel MSE, averaged over k, samples, channels and pixels.
+            Scalar pixel MSE, averaged over k, samples, channels and pixels. The reconstructions stay (detached) in
+            `_eqcoh_recon` for the step's diagnostics.
         """
+        recon = self.decode(z_equi)
+        self._eqcoh_recon = recon.detach()
+        return self._recon_mse(recon, targets)
+
+    def decode(self, z_equi: torch.Tensor) -> torch.Tensor:
+        """D_k([z_equi(v1); z_equi(v2)]) for every k: (2B, N, d_equi), v1 first -> (K, B, 3, G, G)."""
         z_v1, z_v2 = z_equi.chunk(2)  # (B, N, d_equi) each
-        recon = self.student["eqcoh_decoders"](torch.cat([z_v1, z_v2], dim=-1))  # (K, B, 3, G, G)
+        return self.student["eqcoh_decoders"](torch.cat([z_v1, z_v2], dim=-1))
+
+    @staticmethod
+    def _recon_mse(recon: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = targets.to(recon.device, non_blocking=True).float()
         if targets.shape != recon.shape:
             raise ValueError(
@@ -338,7 +349,7 @@ class EqCohSSLMetaArch(SSLMetaArch):
             loss_dict["eqcoh_recon_loss"] = self._eqcoh_recon_loss
         finally:  # drop the references to the batch and the graph
             self._eqcoh_images = self._eqcoh_targets = self._eqcoh_z_equi = self._eqcoh_recon_loss = None
-            self._eqcoh_mask_indices = self._eqcoh_u_theta = None
+            self._eqcoh_mask_indices = self._eqcoh_u_theta = self._eqcoh_recon = None
         return loss_dict
 
     def backprop_loss(self, loss: torch.Tensor) -> None:
@@ -350,21 +361,19 @@ class EqCohSSLMetaArch(SSLMetaArch):
             recon_loss = self.reconstruction_loss(self._eqcoh_z_equi, self._eqcoh_targets)
             self._eqcoh_recon_loss = recon_loss.detach()
             if self._eqcoh_u_theta is not None:
-                self._diagnose(self._eqcoh_z_equi, self._eqcoh_targets)
+                self._diagnose(self._eqcoh_recon, self._eqcoh_z_equi, self._eqcoh_targets)
             loss = loss + self.eqcoh_loss_weight * recon_loss
         super().backprop_loss(loss)
 
     # ------------------------------------------------------------------------------------------ diagnostics
 
     @torch.no_grad()
-    def _diagnose(self, z_equi: torch.Tensor, targets: torch.Tensor) -> None:
+    def _diagnose(self, recon: torch.Tensor, z_equi: torch.Tensor, targets: torch.Tensor) -> None:
         """The decoders' diagnostics on this batch (`dinov2_eqcoh.method.diagnostics.step_diagnostics`), kept on
-        the device for `log_metrics`; the decoders run twice more without gradients (as trained, and with z_equi(v1)
-        rolled by one across the batch)."""
+        the device for `log_metrics`, from the step's own reconstructions `recon`; the decoders run once more,
+        without gradients, on z_equi(v1) rolled by one across the batch."""
         z_v1, z_v2 = z_equi.detach().chunk(2)
-        decoders = self.student["eqcoh_decoders"]
-        recon = decoders(torch.cat([z_v1, z_v2], dim=-1))
-        shuffled = decoders(torch.cat([z_v1.roll(1, dims=0), z_v2], dim=-1)) if z_v1.shape[0] > 1 else None
+        shuffled = self.decode(torch.cat([z_v1.roll(1, dims=0), z_v2])) if z_v1.shape[0] > 1 else None
         u, theta = self._eqcoh_u_theta
         crops = self._eqcoh_images["collated_global_crops"]
         eq = self.cfg.eqcoh
