@@ -482,3 +482,42 @@ def test_pretrained_weights_go_through_the_plugin_loader(tmp_path):
     for name, p in model.student.backbone.state_dict().items():
         assert torch.equal(p, source.student.backbone.state_dict()[name]), name
     assert model.cfg.student.pretrained_weights == str(path)
+
+
+def test_keep_head_split_at_zero_weight_is_eqcoh_without_the_reconstruction():
+    """λ = 0 with keep_head_split (the "head only" ablation): the eqcoh head and DINOv2's heads on z_inv exactly as
+    with λ = 1 (same initialisation, same DINOv2 losses on the same batch), and no decoders, no L_recon, no z_equi
+    gradient; without keep_head_split, λ = 0 builds none of it."""
+    cfg_full = eqcoh_cfg("student.drop_path_rate=0")
+    cfg_head = eqcoh_cfg("student.drop_path_rate=0", "eqcoh.loss_weight=0", "eqcoh.keep_head_split=true")
+    batch = eqcoh_batch(cfg_full)  # λ = 0 with apply_to_view: the same pipeline, u and θ, no targets needed
+    full, head = build(cfg_full), build(cfg_head)
+    d_inv = cfg_full.eqcoh.d_patch - cfg_full.eqcoh.d_equi
+
+    assert "eqcoh_decoders" not in head.student and "eqcoh_decoders" in full.student
+    assert set(head.state_dict()) == {k for k in full.state_dict() if "eqcoh_decoders" not in k}
+    for key in ("dino_head", "eqcoh_head"):
+        for name, p in head.student[key].state_dict().items():
+            assert torch.equal(p, full.student[key].state_dict()[name]), f"{key}.{name}"
+    assert head.student.dino_head.mlp[0].in_features == d_inv
+
+    torch.manual_seed(3)
+    head_losses = head.forward_backward(batch, teacher_temp=0.07)
+    torch.manual_seed(3)
+    full_losses = full.forward_backward(batch, teacher_temp=0.07)
+    assert "eqcoh_recon_loss" not in head_losses and "eqcoh_recon_loss" in full_losses
+    for key, value in head_losses.items():
+        assert torch.allclose(value, full_losses[key], atol=1e-6), key
+    # z_equi rows of the head get no gradient without L_recon; the z_inv rows do
+    w = head.student.eqcoh_head.proj.weight  # (d_patch, embed_dim): rows [z_inv; z_equi]
+    assert w.grad is not None and w.grad[:d_inv].abs().sum() > 0 and w.grad[d_inv:].abs().sum() == 0
+
+    plain = build(eqcoh_cfg("eqcoh.loss_weight=0"))
+    assert "eqcoh_head" not in plain.student and not plain.student.backbone._forward_hooks
+
+
+def test_keep_head_split_must_be_a_boolean():
+    from dinov2_eqcoh.method.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eqcoh.keep_head_split"):
+        eqcoh_cfg("eqcoh.loss_weight=0", "eqcoh.keep_head_split=2")

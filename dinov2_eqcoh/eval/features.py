@@ -32,6 +32,7 @@ FEATURE_ALIASES = {"both": ("cls", "avgpool")}
 
 __all__ = [
     "FEATURE_KINDS",
+    "RawPixels",
     "load_backbone",
     "eval_transform",
     "make_eval_dataset",
@@ -43,6 +44,27 @@ __all__ = [
     "add_backbone_args",
     "backbone_from_args",
 ]
+
+
+class RawPixels(nn.Module):
+    """Raw pixels as a "backbone": the reference every probe is read against (what needs no learning at all).
+
+    `forward_features(x)` with x (B, 3, S, S) normalised returns
+        x_norm_clstoken     (B, 3·S²)     the whole image, flattened (a linear probe on pixels)
+        x_norm_patchtokens  (B, N, 3·p²)  each p×p patch's pixels, N = (S/p)², row-major like a ViT's tokens
+    so the global probes (CLS, avgpool, concat) and the dense probes (patch maps of side S/p) read it unchanged.
+    """
+
+    def __init__(self, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = int(patch_size)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = self.patch_size
+        if x.shape[-1] % p or x.shape[-2] % p:
+            raise ValueError(f"RawPixels: image side {tuple(x.shape[-2:])} is not a multiple of patch_size {p}")
+        patches = torch.nn.functional.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # (B, N, 3·p²)
+        return {"x_norm_clstoken": x.flatten(1), "x_norm_patchtokens": patches}
 
 
 def parse_feature_kinds(spec: str | Sequence[str]) -> tuple[str, ...]:

@@ -38,6 +38,9 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "w64_masked_200": ([], "the demo as shipped (width 64, masked, 200 iterations): the reference"),
 }
 
+# the regime chosen on these diagnostics (docs/mechanism_regime.md): the demo config plus these, 800 iterations
+CHOSEN = ("eqcoh.decoder.dim=256", "eqcoh.extra_unmasked_pass=true")
+
 
 def train(name: str, out: Path, config: str = CONFIG) -> float:
     """One candidate through DINOv2's loop (resumes its folder); returns the wall seconds of this call."""

@@ -6,6 +6,8 @@ Trains S training seeds (`train.seed`, honoured by patches/0008) × the models
 - `dinov2_aug`: DINOv2 with g_θ applied to the second view, no reconstruction (`eqcoh.loss_weight=0`),
 - `eqcoh`:      DINOv2 + EqCoh (λ 1, K 2, SE(2)),
 - `eqcoh_k1`:   the same with K = 1 (one intermediate state; the paper's Table 9 ablation),
+- `eqcoh_head_only` (on request): EqCoh's head split with λ = 0 (`eqcoh.keep_head_split=true`), which separates
+  the reconstruction loss from the extra head,
 
 all on one config and budget, through DINOv2's own training loop (`python -m dinov2.train.train`, one process per
 run), probes every final teacher backbone with the demo's probes (R² tasks, k-NN, linear; `demo.probe_backbone`)
@@ -44,12 +46,15 @@ MODELS = {
     "dinov2_aug": ["eqcoh.loss_weight=0"],
     "eqcoh": ["eqcoh.n_intermediate=2"],
     "eqcoh_k1": ["eqcoh.n_intermediate=1"],
+    "eqcoh_head_only": ["eqcoh.loss_weight=0", "eqcoh.keep_head_split=true"],
 }
+DEFAULT_MODELS = ("dinov2", "dinov2_aug", "eqcoh", "eqcoh_k1")
 DESCRIPTIONS = {
     "dinov2": "vanilla DINOv2",
     "dinov2_aug": "DINOv2 + g on the second view, no reconstruction",
     "eqcoh": "DINOv2 + EqCoh (λ 1, K 2)",
     "eqcoh_k1": "DINOv2 + EqCoh (λ 1, K 1)",
+    "eqcoh_head_only": "EqCoh's head split (z_inv to DINOv2's heads) with λ 0: the architecture without L_recon",
 }
 # (metric key in a score record, label); R² tasks as in the demo, mean over the paper's four
 METRICS = {
@@ -60,7 +65,7 @@ METRICS = {
 }
 HEADLINE = ("r2.rot", "r2.mean", "knn_top1")
 # (a, b): a − b paired by seed
-COMPARISONS = (("eqcoh", "dinov2"), ("eqcoh", "dinov2_aug"), ("eqcoh", "eqcoh_k1"),
+COMPARISONS = (("eqcoh", "dinov2"), ("eqcoh", "dinov2_aug"), ("eqcoh", "eqcoh_k1"), ("eqcoh", "eqcoh_head_only"),
                ("dinov2_aug", "dinov2"), ("dinov2", "untrained"), ("eqcoh", "untrained"))
 # two-sided 95 % Student-t quantiles t_{0.975, df}
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -130,9 +135,10 @@ def study_identity(args, base_epochs: int) -> dict:
     }
 
 
-def check_identity(output_dir: Path, identity: dict) -> None:
-    """Refuse a folder that holds another study configuration; record the identity in a new one."""
-    path = output_dir / "study_config.json"
+def check_identity(output_dir: Path, identity: dict, name: str = "study") -> None:
+    """Refuse a folder that holds another configuration of this experiment (`{name}_config.json`); record the
+    identity in a new one."""
+    path = output_dir / f"{name}_config.json"
     if path.exists():
         old = json.loads(path.read_text())
         diff = {k: (old.get(k), identity.get(k)) for k in sorted(set(old) | set(identity))
@@ -140,7 +146,7 @@ def check_identity(output_dir: Path, identity: dict) -> None:
         if diff:
             lines = "\n".join(f"  {k}: {a!r} in the folder, {b!r} now" for k, (a, b) in diff.items())
             raise SystemExit(
-                f"[study] {output_dir} holds a study of another configuration ({path}):\n{lines}\n"
+                f"[{name}] {output_dir} holds a {name} of another configuration ({path}):\n{lines}\n"
                 "Use another --output-dir for this configuration, or rerun with the folder's settings to resume it. "
                 "Nothing was changed."
             )
@@ -503,7 +509,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="out/study", help="runs/, scores/, study.json/.md/.png (default out/study)")
     p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"))
     p.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a comma list of training seeds")
-    p.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"subset of {','.join(MODELS)}")
     p.add_argument("--budget", type=float, default=1.0,
                    help="scales the training iterations (optim.epochs × budget, at least one epoch)")
     p.add_argument("--eval-images", type=int, default=3000, help="held-out images for the R² probes")

@@ -44,7 +44,9 @@ class EqCohSSLMetaArch(SSLMetaArch):
     """SSLMetaArch with an eqcoh head, K reconstruction decoders D_k and L = L_SSL + λ·L_recon [0].
 
     What differs from DINOv2's SSLMetaArch (all but the first and the last two only when λ = `eqcoh.loss_weight`
-    > 0; with λ = 0 nothing is built or hooked):
+    > 0; with λ = 0 nothing is built or hooked, unless `eqcoh.keep_head_split`: then the eqcoh head and DINOv2's
+    heads on z_inv are built and hooked as with λ > 0, and no decoders, z_equi or L_recon; the "head only"
+    ablation, which separates the loss from the architecture):
 
     - `forward_backward` first renders v2 = g_θ(u) and, when λ > 0, the targets u_1..u_K for the whole batch on the
       model's device (`render_second_view`), whenever the plugin's data pipeline is on (λ > 0 or
@@ -85,12 +87,18 @@ class EqCohSSLMetaArch(SSLMetaArch):
         eq = cfg.eqcoh
         self.eqcoh_loss_weight = float(eq.loss_weight)
         self.do_eqcoh = self.eqcoh_loss_weight > 0
+        # the head split [z_inv, z_equi] with DINOv2's heads on z_inv: always with λ > 0; with λ = 0 only when
+        # `eqcoh.keep_head_split` (the "head only" ablation: EqCoh's architecture without L_recon)
+        self.eqcoh_split = self.do_eqcoh or bool(eq.get("keep_head_split", False))
         self.eqcoh_render = eqcoh_pipeline_active(cfg)  # the batches carry u and θ: render v2 (and u_k) here
         logger.info("OPTIONS -- EQCOH")
-        if not self.do_eqcoh:
+        if not self.eqcoh_split:
             what = f"DINOv2 on v2 = g_θ(u), g = {eq.transform}" if self.eqcoh_render else "vanilla DINOv2"
             logger.info(f"OPTIONS -- EQCOH -- loss_weight 0: {what}, nothing added")
             return
+        if not self.do_eqcoh:
+            logger.info(f"OPTIONS -- EQCOH -- loss_weight 0 with keep_head_split: the eqcoh head's split "
+                        f"(d_patch {eq.d_patch}, d_equi {eq.d_equi}) without decoders or L_recon")
         for key in ("loss_weight", "n_intermediate", "d_patch", "d_equi", "transform", "apply_to_view"):
             logger.info(f"OPTIONS -- EQCOH -- {key}: {eq[key]}")
         logger.info(f"OPTIONS -- EQCOH -- decoder.dim: {eq.decoder.dim}")
@@ -115,13 +123,14 @@ class EqCohSSLMetaArch(SSLMetaArch):
                     )
         for model_dict in (self.student, self.teacher):
             model_dict["eqcoh_head"] = EqCohHead(self.embed_dim, eq.d_patch, eq.d_equi)
-        self.student["eqcoh_decoders"] = EqCohDecoders(  # D_1..D_K: the student's only (the teacher never decodes)
-            n_intermediate=eq.n_intermediate,
-            d_in=2 * eq.d_equi,
-            dim=eq.decoder.dim,
-            patch_size=cfg.student.patch_size,
-            img_size=cfg.crops.global_crops_size,
-        )
+        if self.do_eqcoh:
+            self.student["eqcoh_decoders"] = EqCohDecoders(  # D_1..D_K: the student's only (the teacher never decodes)
+                n_intermediate=eq.n_intermediate,
+                d_in=2 * eq.d_equi,
+                dim=eq.decoder.dim,
+                patch_size=cfg.student.patch_size,
+                img_size=cfg.crops.global_crops_size,
+            )
         for p in self.teacher.parameters():
             p.requires_grad = False
 
@@ -253,9 +262,9 @@ class EqCohSSLMetaArch(SSLMetaArch):
         return [first, *local_dicts] if isinstance(output, list) else first
 
     def _student_backbone_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
-        output = self._apply_eqcoh_head(self.student, output, with_z_equi=True)
+        output = self._apply_eqcoh_head(self.student, output, with_z_equi=self.do_eqcoh)  # λ = 0: z_inv only
         first = output[0] if isinstance(output, list) else output  # the multi-crop forward lists global crops first
-        if isinstance(first, dict):
+        if isinstance(first, dict) and self.do_eqcoh:
             # keep the very tensor that is in the output: under FSDP the backbone registers its pre-backward hook
             # (which re-gathers its parameters) on the output tensors, so gradients must enter through them
             self._eqcoh_z_equi = first["eqcoh_z_equi_patchtokens"]
@@ -336,7 +345,7 @@ class EqCohSSLMetaArch(SSLMetaArch):
                 self._eqcoh_u_theta = (crops[crops.shape[0] // 2 :], images["eqcoh_theta"])
         if self.eqcoh_render:
             images, targets = self.render_second_view(images)
-        if not self.do_eqcoh:
+        if not self.eqcoh_split:
             return super().forward_backward(images, teacher_temp)
         self._eqcoh_images, self._eqcoh_targets = images, targets
         device = self.student.backbone.cls_token.device
@@ -346,7 +355,8 @@ class EqCohSSLMetaArch(SSLMetaArch):
             self._eqcoh_mask_indices = torch.zeros(0, dtype=torch.long, device=device)
         try:
             loss_dict = super().forward_backward(images, teacher_temp)
-            loss_dict["eqcoh_recon_loss"] = self._eqcoh_recon_loss
+            if self.do_eqcoh:
+                loss_dict["eqcoh_recon_loss"] = self._eqcoh_recon_loss
         finally:  # drop the references to the batch and the graph
             self._eqcoh_images = self._eqcoh_targets = self._eqcoh_z_equi = self._eqcoh_recon_loss = None
             self._eqcoh_mask_indices = self._eqcoh_u_theta = self._eqcoh_recon = None
