@@ -34,7 +34,7 @@ def test_curves_train_probe_resume_and_refuse_another_configuration(tmp_path):
     assert set(curves["references"]) == {"untrained", "raw_pixels"}
     for model in ("eqcoh", "eqcoh_head_only"):
         assert set(curves["models"][model]) == {"2", "8"}
-        for point, score in curves["models"][model].items():
+        for score in curves["models"][model].values():
             assert set(score["r2"]) == {"cls", "concat"} and "rot" in score["r2"]["cls"]
             assert 0 <= score["knn_top1"] <= 1 and score["homography"]["mce"] > 0 and score["dino_ratio"] > 0
         # every kept teacher is a different network: the probes read the checkpoint of their point

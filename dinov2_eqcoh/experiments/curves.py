@@ -303,7 +303,7 @@ def main(argv=None) -> int:
 
         for point in points:
             path = out / "scores" / f"{model}_{point}.json"
-            make = lambda p=point: load_backbone(teacher_at(run_dir, p), config_file=run_dir / "config.yaml")[0]  # noqa: E731
+            make = lambda p=point, d=run_dir: load_backbone(teacher_at(d, p), config_file=d / "config.yaml")[0]  # noqa: E731
             extra = {"model": model, "iteration": point, "diagnostics": diagnostics_at(run_dir, point),
                      "dino_ratio": dino_ratio_at(run_dir, point, int(cfg.dino.head_n_prototypes), args.iterations)}
             score = scored(path, make, size, args, extra)
