@@ -27,7 +27,7 @@ from omegaconf import DictConfig, open_dict
 from dinov2_eqcoh.data.datasets import check_training_dataset
 from dinov2_eqcoh.method.config import build_cfg
 from dinov2_eqcoh.method.ssl_meta_arch import EqCohSSLMetaArch
-from dinov2_eqcoh.run.folder import check_in_dinov2_setup, log_pending
+from dinov2_eqcoh.run.folder import check_in_dinov2_setup, log_pending, recover_pending
 from dinov2_eqcoh.weights.checkpoints import load_pretrained_backbone
 
 logger = logging.getLogger("dinov2.eqcoh")
@@ -52,6 +52,7 @@ class EqCohMetaArch(EqCohSSLMetaArch):
         super().__init__(base_cfg)
         self.cfg = cfg
         log_pending()  # what the run-folder check decided (resume, changed keys), now that DINOv2's log exists
+        recover_pending()  # a damaged newest checkpoint: every rank resumes the newest readable one (run/recover.py)
         if pretrained_weights:
             logger.info(f"OPTIONS -- pretrained weights: loading from {pretrained_weights}")
             load_pretrained_backbone(self.student.backbone, pretrained_weights)

@@ -53,6 +53,7 @@ from dinov2_eqcoh.weights.run_config import (  # noqa: F401 - names of this modu
     history_entries,
     holds_sharded_tensors,
 )
+from dinov2_eqcoh.run.recover import damage, newest_readable, recover
 from dinov2_eqcoh.weights.run_config import read_checkpoint_meta as _read_checkpoint_meta
 
 logger = logging.getLogger("dinov2")
@@ -61,6 +62,7 @@ OLD_RUNS_DIR = "old_runs"
 # what DINOv2 writes into --output-dir (submitit's own files, e.g. <job>_0_log.out, are left where they are)
 RUN_FILE_PATTERNS = (
     "config.yaml", HISTORY_DIR, "last_checkpoint.rank_*", "model_*.pth", "model_*.pth.tmp", "last_checkpoint.*.tmp",
+    "model_*.pth.damaged*",
     "eval", "logs", "training_metrics.json",
 )
 RUN_FILES_SHOWN = "config.yaml, config_history/, model_*.pth, last_checkpoint.rank_*, eval/, logs/, training_metrics.json"
@@ -70,6 +72,7 @@ _SHOW = 12  # tensors named per kind of difference
 
 _pending_log: list[tuple[int, str]] = []  # (level, message) for logs/log.txt, which does not exist yet at the check
 _building = False  # inside build_meta_model: the model built is not the run's
+_pending_recover: list[str] = []  # run folders whose damaged checkpoints the built model recovers (run/recover.py)
 
 
 class RunFolderError(ValueError):
@@ -433,10 +436,21 @@ def plan_run_folder(cfg, output_dir: str | os.PathLike, no_resume: bool = False,
                  f"{_format_diff(changed) if changed else '  none'}" if old_cfg is not None
                  else f"{old_cfg_path} is missing: the folder's config cannot be compared")
 
+    recovered = None
     if ckpt is not None:
         if not ckpt.is_file():
             raise RunFolderError(f"{out / f'last_checkpoint.rank_{rank}'} names {ckpt.name}, which does not exist: "
                                  "DINOv2 cannot resume this folder. " + _ways_out(out))
+        why = damage(ckpt)
+        if why is not None:  # resumed from the newest readable one (run/recover.py, when the model is built)
+            best, damaged = newest_readable(out, rank)
+            if best is None:
+                named = "; ".join(f"{p.name}: {w}" for p, w in damaged)
+                raise RunFolderError(f"{out}: no checkpoint of rank {rank} can be read ({named}). " + _ways_out(out))
+            named = "; ".join(f"{p.name} ({w})" for p, w in damaged)
+            recovered = (f"cannot be read: {named}; kept aside as <name>.damaged (never deleted), the run resumes "
+                         f"from {best[1].name} (iteration {best[0]}), the newest readable checkpoint")
+            ckpt = best[1]
         reference, source, prefix, optimizer = read_checkpoint_meta(ckpt), ckpt, "", True
     else:
         dumps = _eval_dumps(out)
@@ -471,7 +485,7 @@ def plan_run_folder(cfg, output_dir: str | os.PathLike, no_resume: bool = False,
             + f":\n  {_format_differences(d)}\n{diff_text}\n{_ways_out(out)}"
         )
 
-    warnings = []
+    warnings = [recovered] if recovered else []
     if ref.multipliers and new_layout().multipliers and ref.multipliers != new_layout().multipliers and optimizer:
         keys = [k for k, _, _ in changed if k.startswith("optim.") and ("decay" in k or "mult" in k)]
         warnings.append("the optimizer's lr/wd multipliers per parameter group differ from the checkpoint's"
@@ -551,7 +565,27 @@ def check_in_dinov2_setup(cfg) -> RunFolderPlan | None:
     if rank == 0:
         acquire_lock(args.output_dir)  # one writer per folder, before anything is written (run/lock.py)
         apply_plan(plan)
+    if plan.action == "resume":
+        _pending_recover.append(str(plan.output_dir))  # carried out by every rank once the model is built
     return plan
+
+
+def recover_pending() -> None:
+    """`EqCohMetaArch.__init__`'s step (torch.distributed is set up, DINOv2 has not resumed yet): make every rank's
+    `last_checkpoint` name a readable checkpoint of one common iteration (`dinov2_eqcoh.run.recover`)."""
+    import torch.distributed as dist
+
+    while _pending_recover and not _building:
+        output_dir = _pending_recover.pop(0)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            def gather(obj):
+                objs = [None] * dist.get_world_size()
+                dist.all_gather_object(objs, obj)
+                return objs
+
+            recover(output_dir, rank=dist.get_rank(), gather=gather)
+        else:
+            recover(output_dir, rank=0)
 
 
 def check_before_submit(config_file: str, opts: Sequence[str], output_dir: str, no_resume: bool) -> RunFolderPlan | None:
