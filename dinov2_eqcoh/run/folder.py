@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from dinov2_eqcoh.run.recover import damage, newest_readable, recover
 from dinov2_eqcoh.weights.run_config import (  # noqa: F401 - names of this module before the split
     _EVAL_DIR,
     HISTORY_DIR,
@@ -53,7 +54,6 @@ from dinov2_eqcoh.weights.run_config import (  # noqa: F401 - names of this modu
     history_entries,
     holds_sharded_tensors,
 )
-from dinov2_eqcoh.run.recover import damage, newest_readable, recover
 from dinov2_eqcoh.weights.run_config import read_checkpoint_meta as _read_checkpoint_meta
 
 logger = logging.getLogger("dinov2")
