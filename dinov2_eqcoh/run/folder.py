@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dinov2_eqcoh.run.recover import damage, newest_readable, recover
+from dinov2_eqcoh.weights.files import atomic_output
 from dinov2_eqcoh.weights.run_config import (  # noqa: F401 - names of this module before the split
     _EVAL_DIR,
     HISTORY_DIR,
@@ -515,7 +516,8 @@ def apply_plan(plan: RunFolderPlan) -> None:
             shutil.move(str(p), str(plan.move_to / p.name))
     elif plan.action == "resume" and plan.history_file is not None:
         plan.history_file.parent.mkdir(exist_ok=True)
-        shutil.copy2(plan.output_dir / "config.yaml", plan.history_file)
+        with atomic_output(plan.history_file) as tmp:  # all or nothing; a full disk is named
+            shutil.copy2(plan.output_dir / "config.yaml", tmp)
     if plan.action != "new":
         _note(logging.INFO, f"dinov2_eqcoh: {plan.summary()}")
     for w in plan.warnings:

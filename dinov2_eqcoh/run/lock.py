@@ -31,6 +31,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dinov2_eqcoh.weights.files import disk_full
+
 logger = logging.getLogger("dinov2.eqcoh")
 
 LOCK_NAME = ".eqcoh.lock"
@@ -183,10 +185,14 @@ def acquire_lock(output_dir: str | os.PathLike) -> Path:
             except FileNotFoundError:
                 pass
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # no half-written lock left behind (it would read as "unreadable holder")
+            path.unlink(missing_ok=True)
+            raise (disk_full(e, path) or e) from e
         atexit.register(release_lock, path, mine.pid)
         return path
     raise RunFolderLockedError(f"{path}: another process keeps taking the lock; start again")

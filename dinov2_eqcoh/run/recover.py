@@ -124,13 +124,9 @@ def _aside(path: Path) -> Path:
 
 
 def _write_tag(output_dir: Path, rank: int, name: str) -> None:
-    tag = output_dir / f"last_checkpoint.rank_{rank}"
-    tmp = tag.with_name(tag.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(name)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, tag)
+    from dinov2_eqcoh.weights.files import write_text_atomic
+
+    write_text_atomic(output_dir / f"last_checkpoint.rank_{rank}", name)
 
 
 def recover(output_dir: str | os.PathLike, rank: int = 0, gather: Callable[[object], list] = lambda x: [x],

@@ -31,6 +31,7 @@ from dinov2_eqcoh.weights.checkpoints import (
     load_backbone_state_dict,
     load_pretrained_backbone,
 )
+from dinov2_eqcoh.weights.files import atomic_output
 
 logger = logging.getLogger("dinov2.eqcoh")
 
@@ -99,7 +100,8 @@ def export_backbone(
         logger.info(f"wrote {fmt} folder {output}; load with {load}")
         return config
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    torch.save(raw, output)
+    with atomic_output(output) as tmp, open(tmp, "wb") as f:  # all or nothing; a full disk is named
+        torch.save(raw, f)
     kwargs = hub_kwargs(cfg)
     call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     logger.info(f"wrote {len(raw)} backbone tensors to {output}; rebuild with "

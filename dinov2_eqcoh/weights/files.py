@@ -8,11 +8,13 @@ allow-list as patch 0004); a file that needs full unpickling is refused unless t
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,58 @@ import torch
 logger = logging.getLogger("dinov2.eqcoh")
 
 _CHUNKED_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")  # blocks.{chunk}.{i}.rest
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+
+
+def disk_full(error: BaseException | None, path: str | os.PathLike) -> OSError | None:
+    """An OSError naming `path` when `error` (or anything in its chain) says the disk or the quota is full (ENOSPC,
+    EDQUOT; torch and safetensors wrap it as "unexpected pos" / "os error 28"), else None. As DINOv2's patch 0011."""
+    seen = error
+    while seen is not None:
+        code = getattr(seen, "errno", None)
+        if code in _DISK_FULL_ERRNOS or any(t in str(seen) for t in _DISK_FULL_TEXT):
+            return OSError(code if code in _DISK_FULL_ERRNOS else errno.ENOSPC,
+                           f"disk or quota full while writing {path}: nothing was left under that name (a previous "
+                           "file of that name is intact); free space, then run the same command again", str(path))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[str]:
+    """Yield `<path>.tmp` to write; once the block ends it is fsynced and renamed to `path`. On any failure the
+    temporary file is removed (nothing is left behind, a previous `path` is untouched) and a full disk becomes an
+    OSError naming `path` (`disk_full`).
+
+        with atomic_output(out) as tmp:
+            with open(tmp, "wb") as f:  # a file object: torch.save then reports ENOSPC in its exception chain
+                torch.save(state, f)
+    """
+    tmp = f"{os.fspath(path)}.tmp"
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        full = disk_full(e, path)
+        if full is not None:
+            raise full from e
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """`Path.write_text`, all or nothing (`atomic_output`)."""
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def _numpy_safe_globals() -> list:

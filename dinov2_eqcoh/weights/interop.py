@@ -486,32 +486,35 @@ def timm_config(backbone, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def _save_safetensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in state.items()}
-    _require_safetensors().save_file(tensors, str(path), metadata={"format": "pt"})
+    from dinov2_eqcoh.weights.files import atomic_output
+
+    with atomic_output(path) as tmp:
+        _require_safetensors().save_file(tensors, tmp, metadata={"format": "pt"})
 
 
 def write_hf_folder(backbone, state: Mapping[str, torch.Tensor], output: str | os.PathLike) -> dict[str, Any]:
     """Write `config.json`, `model.safetensors`, `preprocessor_config.json` to `output`; returns the config.
 
     `state` is the backbone's state dict (chunked block keys are flattened)."""
-    from dinov2_eqcoh.weights.files import unchunk_state_dict
+    from dinov2_eqcoh.weights.files import unchunk_state_dict, write_text_atomic
 
     state, out = unchunk_state_dict(state), Path(output)
     out.mkdir(parents=True, exist_ok=True)
     config = hf_config(backbone, state)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_config(config["image_size"]), indent=2)
-                                                  + "\n")
+    write_text_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
+    write_text_atomic(out / "preprocessor_config.json",
+                      json.dumps(hf_preprocessor_config(config["image_size"]), indent=2) + "\n")
     _save_safetensors(dinov2_to_hf(state), out / "model.safetensors")
     return config
 
 
 def write_timm_folder(backbone, state: Mapping[str, torch.Tensor], output: str | os.PathLike) -> dict[str, Any]:
     """Write timm's `config.json` and `model.safetensors` (timm layout) to `output`; returns the config."""
-    from dinov2_eqcoh.weights.files import unchunk_state_dict
+    from dinov2_eqcoh.weights.files import unchunk_state_dict, write_text_atomic
 
     state, out = unchunk_state_dict(state), Path(output)
     out.mkdir(parents=True, exist_ok=True)
     config = timm_config(backbone, state)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_text_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
     _save_safetensors(dinov2_to_timm(state), out / "model.safetensors")
     return config
