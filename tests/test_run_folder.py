@@ -271,11 +271,11 @@ def test_two_rank_sharded_run_resumes_and_refuses_through_its_config(tmp_path):
     before = tree_hashes(out)
     for rank in (0, 1):
         with pytest.raises(run_folder.RunFolderError, match=r"(?s)Compared with .*config.yaml.*eqcoh.d_equi: 16 -> 32"):
-            run_folder.plan_run_folder(load_config(CFG, ["eqcoh.d_equi=32"]), out, rank=rank)
+            run_folder.plan_run_folder(load_config(CFG, ["eqcoh.d_equi=32"]), out, rank=rank, world_size=2)
     assert tree_hashes(out) == before
     for rank in (0, 1):  # an allowed change resumes each rank's own shard (a real two-rank resume that passes
         # this check: tests/test_slurm.py, requeue)
-        plan = run_folder.plan_run_folder(load_config(CFG, ["optim.epochs=3"]), out, rank=rank)
+        plan = run_folder.plan_run_folder(load_config(CFG, ["optim.epochs=3"]), out, rank=rank, world_size=2)
         assert (plan.action, plan.checkpoint.name, plan.iteration) == ("resume", f"model_final.rank_{rank}.pth", 3)
         assert plan.history_file.name.endswith(".it0-3.yaml")
     assert tree_hashes(out) == before

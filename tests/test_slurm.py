@@ -118,6 +118,15 @@ def test_plugin_launcher_runs_two_ranks(cluster, tmp_path):
         announced = (output_dir / f"{job}_{rank}_log.out").read_text()
         assert f"slurm job {job}, rank {rank} of 2, output folder {output_dir}" in announced, announced
     assert f"job_id: {job}" in (output_dir / "logs" / "log.txt").read_text()
+    assert "2 processes × train.batch_size_per_gpu" in (output_dir / "logs" / "log.txt").read_text()
+
+    # resuming that folder with another GPU count is refused at submission (issue 24, part 4), nothing queued
+    cmd = [sys.executable, "-m", "dinov2_eqcoh.run.train", "--cluster-profile", "local", "--nodes", "1", "--ngpus",
+           "1", "--config-file", str(CONFIG), "--output-dir", str(output_dir), "optim.epochs=4"]
+    again = subprocess.run(cmd, cwd=REPO, env=dict(cluster.env, OMP_NUM_THREADS="1"), capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 2 and "was trained by 2 processes" in again.stderr, again.stdout + again.stderr
+    assert not SUBMITTED.search(again.stdout + again.stderr)
 
 
 @pytest.mark.slurm

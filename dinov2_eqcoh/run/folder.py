@@ -63,7 +63,7 @@ OLD_RUNS_DIR = "old_runs"
 # what DINOv2 writes into --output-dir (submitit's own files, e.g. <job>_0_log.out, are left where they are)
 RUN_FILE_PATTERNS = (
     "config.yaml", HISTORY_DIR, "last_checkpoint.rank_*", "model_*.pth", "model_*.pth.tmp", "last_checkpoint.*.tmp",
-    "model_*.pth.damaged*",
+    "model_*.pth.damaged*", "config.yaml.*.tmp",
     "eval", "logs", "training_metrics.json",
 )
 RUN_FILES_SHOWN = "config.yaml, config_history/, model_*.pth, last_checkpoint.rank_*, eval/, logs/, training_metrics.json"
@@ -102,6 +102,39 @@ def _rank() -> int:
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
     return 0
+
+
+def _world_size() -> int:
+    """The number of training processes of this start before torch.distributed exists, read as DINOv2's
+    `distributed.enable` will: a SLURM job's SLURM_NTASKS, else torchrun's WORLD_SIZE, else 1."""
+    if "SLURM_JOB_ID" in os.environ and os.environ.get("SLURM_NTASKS", "").isdigit():
+        return int(os.environ["SLURM_NTASKS"])
+    if os.environ.get("WORLD_SIZE", "").isdigit():
+        return int(os.environ["WORLD_SIZE"])
+    return 1
+
+
+def global_batch(cfg, world_size: int) -> tuple[int, float]:
+    """(global batch, the lr DINOv2 derives from it): world size × `train.batch_size_per_gpu`, and `optim.base_lr`
+    × sqrt(global batch / 1024) (DINOv2's `sqrt_wrt_1024` scaling rule, `apply_scaling_rules_to_cfg`)."""
+    import math
+
+    batch = int(world_size) * int(cfg.train.batch_size_per_gpu)
+    return batch, float(cfg.optim.base_lr) * math.sqrt(batch / 1024.0)
+
+
+def describe_batch(cfg, world_size: int) -> str:
+    batch, lr = global_batch(cfg, world_size)
+    return (f"{world_size} process{'es' if world_size != 1 else ''} × train.batch_size_per_gpu "
+            f"{cfg.train.batch_size_per_gpu} = global batch {batch}; optim.lr = optim.base_lr {cfg.optim.base_lr} "
+            f"× sqrt({batch} / 1024) = {lr:.6g}")
+
+
+def trained_world_size(output_dir: str | os.PathLike) -> int:
+    """How many processes wrote the folder's checkpoints: its `last_checkpoint.rank_<N>` tags (0 without any)."""
+    ranks = [int(p.name.rsplit("_", 1)[1]) for p in Path(output_dir).glob("last_checkpoint.rank_*")
+             if p.name.rsplit("_", 1)[1].isdigit()]
+    return max(ranks) + 1 if ranks else 0
 
 
 def tagged_checkpoint(output_dir: str | os.PathLike, rank: int = 0) -> Path | None:
@@ -393,7 +426,8 @@ def _check_weights_file(key: str, path: str, new: ModelLayout, cfg) -> None:
         raise RunFolderError(f"{key}: {msg}. Nothing was written or loaded.") from e
 
 
-def plan_run_folder(cfg, output_dir: str | os.PathLike, no_resume: bool = False, rank: int = 0) -> RunFolderPlan:
+def plan_run_folder(cfg, output_dir: str | os.PathLike, no_resume: bool = False, rank: int = 0,
+                    world_size: int | None = None) -> RunFolderPlan:
     """Decide what starting `cfg` into `output_dir` does; raise before anything is written if it would mix models.
 
     Args:
@@ -401,6 +435,8 @@ def plan_run_folder(cfg, output_dir: str | os.PathLike, no_resume: bool = False,
         output_dir: DINOv2's `--output-dir`.
         no_resume: DINOv2's `--no-resume`.
         rank: whose `last_checkpoint.rank_N` DINOv2 will resume.
+        world_size: the processes of the new start (default: from torchrun's / SLURM's environment, else 1). A
+            resume with another count than the folder's checkpoints were written by is refused.
 
     Raises:
         RunFolderError: the folder's checkpoint (or eval dump, or config) describes another model, or a weights file
@@ -439,6 +475,7 @@ def plan_run_folder(cfg, output_dir: str | os.PathLike, no_resume: bool = False,
 
     recovered = None
     if ckpt is not None:
+        _check_world_size(cfg, out, world_size if world_size is not None else _world_size(), old_cfg)
         if not ckpt.is_file():
             raise RunFolderError(f"{out / f'last_checkpoint.rank_{rank}'} names {ckpt.name}, which does not exist: "
                                  "DINOv2 cannot resume this folder. " + _ways_out(out))
@@ -505,6 +542,21 @@ def plan_run_folder(cfg, output_dir: str | os.PathLike, no_resume: bool = False,
                          history_file=history)
 
 
+def _check_world_size(cfg, out: Path, new: int, old_cfg) -> None:
+    """Refuse to resume with another process count: each rank loads its own `model_*.rank_<N>.pth` (under FSDP a
+    shard of the parameters and of the optimizer state), and the global batch and the lr would change with it."""
+    old = trained_world_size(out)
+    if not old or old == new:
+        return
+    was = describe_batch(old_cfg if old_cfg is not None else cfg, old)
+    raise RunFolderError(
+        f"{out} was trained by {old} processes (last_checkpoint.rank_0 .. rank_{old - 1}) and this start has {new}. "
+        f"Each rank resumes from its own checkpoint file (under FSDP its shard of the model and the optimizer "
+        f"state), so another number of processes cannot resume it correctly. The run trained with {was}; this start "
+        f"would train with {describe_batch(cfg, new)}. Resume with {old} processes (SLURM: --nodes × --ngpus = "
+        f"{old}; torchrun: --nnodes × --nproc_per_node = {old}). " + _ways_out(out))
+
+
 def apply_plan(plan: RunFolderPlan) -> None:
     """Carry out a plan (call on rank 0 only): move the old run away, or archive its config.yaml before a resume.
 
@@ -567,6 +619,7 @@ def check_in_dinov2_setup(cfg) -> RunFolderPlan | None:
     if rank == 0:
         acquire_lock(args.output_dir)  # one writer per folder, before anything is written (run/lock.py)
         apply_plan(plan)
+        _note(logging.INFO, f"dinov2_eqcoh: {describe_batch(cfg, _world_size())}")
     if plan.action == "resume":
         _pending_recover.append(str(plan.output_dir))  # carried out by every rank once the model is built
     return plan
@@ -590,8 +643,10 @@ def recover_pending() -> None:
             recover(output_dir, rank=0)
 
 
-def check_before_submit(config_file: str, opts: Sequence[str], output_dir: str, no_resume: bool) -> RunFolderPlan | None:
+def check_before_submit(config_file: str, opts: Sequence[str], output_dir: str, no_resume: bool,
+                        world_size: int | None = None) -> RunFolderPlan | None:
     """The SLURM launchers' check at submission time: nothing is moved or written (the job does that).
+    `world_size`: the job's processes (nodes × GPUs per node; default 1).
 
     Returns None for an output folder with `%j` (a new folder per job: nothing to compare).
     """
@@ -607,4 +662,4 @@ def check_before_submit(config_file: str, opts: Sequence[str], output_dir: str, 
     check_lock(out)  # a second submission into a folder a live job holds (a double sbatch)
     cfg = build_cfg(OmegaConf.create(dinov2_default_config), OmegaConf.load(config_file),
                     OmegaConf.from_dotlist([*opts, f"train.output_dir={out}"]), file_name=config_file)
-    return plan_run_folder(cfg, out, no_resume=no_resume)
+    return plan_run_folder(cfg, out, no_resume=no_resume, world_size=world_size or 1)

@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(argv)
         # a folder that holds another model is refused now, before the executor exists and long before the job has
         # queued (dinov2_eqcoh.run.folder)
-        plan = check_before_submit(args.config_file, args.opts or [], args.output_dir, args.no_resume)
+        plan = check_before_submit(args.config_file, args.opts or [], args.output_dir, args.no_resume,
+                                   world_size=args.nodes * args.ngpus)
         if plan is not None and plan.action != "new":
             logger.info(f"output folder, when the job starts: {plan.summary()}")
         if args.dry_run:
