@@ -105,6 +105,28 @@ def test_bad_dataset_strings_name_the_key_and_what_is_allowed(dataset_str, messa
         make_dataset(dataset_str=dataset_str)
 
 
+def test_imagenet_placeholders_folders_and_metadata_are_checked_with_the_command_that_writes_them(tmp_path):
+    """DINOv2's ImageNet: the shipped configs' `<set me>`, a missing root and missing `extra` metadata are named
+    before a model is built (and at submission, test_submission_checks_config_and_dataset_for_templated_folders)."""
+    from dinov2_eqcoh.data.datasets import check_dataset_str
+
+    with pytest.raises(ValueError, match=r"ImageNet needs root=<dir>, got root='<set me>'"):
+        check_dataset_str("ImageNet:split=TRAIN:root=<set me>:extra=<set me>")
+    with pytest.raises(FileNotFoundError, match=r"root=/nonexistent/imagenet is not a directory"):
+        check_dataset_str(f"ImageNet:split=TRAIN:root=/nonexistent/imagenet:extra={tmp_path}")
+    root, extra = tmp_path / "imagenet", tmp_path / "extra"
+    (root / "train").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as err:
+        check_dataset_str(f"ImageNet:split=TRAIN:root={root}:extra={extra}")
+    msg = str(err.value)
+    assert "lacks entries-TRAIN.npy, class-ids-TRAIN.npy, class-names-TRAIN.npy" in msg
+    assert f"ImageNet(split=s, root='{root}', extra='{extra}').dump_extra() for s in ImageNet.Split" in msg
+    extra.mkdir()
+    for name in ("entries-TRAIN.npy", "class-ids-TRAIN.npy", "class-names-TRAIN.npy"):
+        np.save(extra / name, np.zeros(1))
+    check_dataset_str(f"ImageNet:split=TRAIN:root={root}:extra={extra}")  # complete: no error
+
+
 # --------------------------------------------------------------------------------------------------------------
 # datasets: unreadable images are skipped, logged, counted
 # --------------------------------------------------------------------------------------------------------------

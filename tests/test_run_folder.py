@@ -200,6 +200,24 @@ def test_slurm_launcher_refuses_before_submitting(used, capsys):
     assert tree_hashes(used) == before
 
 
+def test_submission_checks_config_and_dataset_for_templated_folders(tmp_path, capsys):
+    """A `%j` folder (a new one per job) is not compared, but a misspelt key and the `<set me>` dataset placeholder
+    are still refused at submission, before anything is queued (issue 23)."""
+    from dinov2_eqcoh.method.config import ConfigError
+    from dinov2_eqcoh.run import train as launcher
+
+    templated = str(tmp_path / "%j")
+    with pytest.raises(ConfigError, match="did you mean 'eqcoh.n_intermediate'"):
+        run_folder.check_before_submit(CFG, ["eqcoh.n_intermediat=3"], templated, no_resume=False)
+    placeholder = "train.dataset_path=ImageNet:split=TRAIN:root=<set me>:extra=<set me>"
+    with pytest.raises(ValueError, match="ImageNet needs root=<dir>"):
+        run_folder.check_before_submit(CFG, [placeholder], templated, no_resume=False)
+    rc = launcher.main(["--cluster", "slurm", "--nodes", "1", "--ngpus", "1", "--config-file", CFG,
+                        "--output-dir", templated, "eqcoh.n_intermediat=3"])
+    assert rc == 2 and "did you mean 'eqcoh.n_intermediate'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_requeued_no_resume_job_resumes_its_own_run(tmp_path):
     from dinov2_eqcoh.run import train as launcher
 
@@ -279,3 +297,14 @@ def test_two_rank_sharded_run_resumes_and_refuses_through_its_config(tmp_path):
         assert (plan.action, plan.checkpoint.name, plan.iteration) == ("resume", f"model_final.rank_{rank}.pth", 3)
         assert plan.history_file.name.endswith(".it0-3.yaml")
     assert tree_hashes(out) == before
+
+
+def test_default_output_folder_is_one_per_command():
+    from dinov2_eqcoh.run.train import default_output_dir, parse
+
+    a = default_output_dir("configs/train/vitl16_in1k_ep100_eqcoh_se2.yaml", ["optim.epochs=5"])
+    assert a == default_output_dir("configs/train/vitl16_in1k_ep100_eqcoh_se2.yaml", ["optim.epochs=5"])
+    assert a != default_output_dir("configs/train/vitl16_in1k_ep100_eqcoh_se2.yaml", ["optim.epochs=6"])
+    assert a.startswith("./experiments/vitl16_in1k_ep100_eqcoh_se2-")
+    args = parse(["--cluster", "slurm", "--nodes", "1", "--ngpus", "1", "--config-file", CFG])
+    assert args.output_dir.endswith("/experiments/" + Path(CFG).stem) and "%j" not in args.output_dir

@@ -310,6 +310,9 @@ def check_dataset_str(dataset_str: str) -> None:
         FileNotFoundError: an `ImageFolder` root that is not a directory, or holds no image.
     """
     name, kwargs = parse_dataset_str(dataset_str)
+    if name in _DINOV2_NAMES:
+        _check_dinov2_dataset(name, kwargs, dataset_str)
+        return
     if name != "ImageFolder":
         return
     root = kwargs.get("root")
@@ -330,6 +333,38 @@ def check_dataset_str(dataset_str: str) -> None:
             f"ImageFolder: no images under root={root} (looked for {', '.join(IMG_EXTENSIONS)} files "
             "in root/<class>/ or directly in root)"
         )
+
+
+def _extra_files(name: str, split: str) -> tuple[str, ...]:
+    """The metadata files DINOv2's dataset reads from `extra` (`ImageNet._get_entries_path`, ...)."""
+    if name == "ImageNet22k":
+        return ("entries.npy", "class-ids.npy")
+    return tuple(f"{kind}-{split.upper()}.npy" for kind in ("entries", "class-ids", "class-names"))
+
+
+def _check_dinov2_dataset(name: str, kwargs: dict, dataset_str: str) -> None:
+    """DINOv2's ImageNet / ImageNet22k: `root` and `extra` set (not the configs' `<set me>`), existing, and the
+    metadata files in `extra`; the error gives the command that writes them (DINOv2's `dump_extra`)."""
+    split = kwargs.get("split", "TRAIN")
+    for key in ("root", "extra"):
+        value = kwargs.get(key)
+        if not value or ("<" in value and ">" in value):
+            raise ValueError(
+                f"train.dataset_path: {name} needs {key}=<dir>, got {key}={value!r} in '{dataset_str}'. Set it in the "
+                f"config or on the command line, e.g. train.dataset_path={name}:split={split}:root=/data/imagenet:"
+                "extra=/data/imagenet-extra (root holds train/ and val/; extra the metadata DINOv2 writes once)"
+            )
+    root, extra = kwargs["root"], kwargs["extra"]
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{name}: root={root} is not a directory (train.dataset_path={dataset_str})")
+    missing = [f for f in _extra_files(name, split) if not os.path.isfile(os.path.join(extra, f))]
+    if missing:
+        make = (f"from dinov2.data.datasets import {name}; "
+                + (f"{name}(root='{root}', extra='{extra}').dump_extra()" if name == "ImageNet22k" else
+                   f"[{name}(split=s, root='{root}', extra='{extra}').dump_extra() for s in {name}.Split]"))
+        raise FileNotFoundError(
+            f"{name}: extra={extra} lacks {', '.join(missing)} (DINOv2's metadata of the {split} split). Write them "
+            f"once (minutes, single process): mkdir -p {extra} && python -c \"{make}\"")
 
 
 def check_training_dataset(cfg) -> None:

@@ -648,18 +648,24 @@ def check_before_submit(config_file: str, opts: Sequence[str], output_dir: str, 
     """The SLURM launchers' check at submission time: nothing is moved or written (the job does that).
     `world_size`: the job's processes (nodes × GPUs per node; default 1).
 
-    Returns None for an output folder with `%j` (a new folder per job: nothing to compare).
+    The config (strict keys, values) and the training dataset are checked for every folder; the folder itself is
+    not compared when its name holds `%j` (a new folder per job): then None is returned.
     """
-    if "%j" in output_dir:
-        return None
     from dinov2.configs import dinov2_default_config
     from omegaconf import OmegaConf
 
+    from dinov2_eqcoh.data.datasets import check_training_dataset
     from dinov2_eqcoh.method.config import build_cfg
     from dinov2_eqcoh.run.lock import check_lock
 
     out = os.path.abspath(output_dir)
-    check_lock(out)  # a second submission into a folder a live job holds (a double sbatch)
     cfg = build_cfg(OmegaConf.create(dinov2_default_config), OmegaConf.load(config_file),
                     OmegaConf.from_dotlist([*opts, f"train.output_dir={out}"]), file_name=config_file)
+    try:
+        check_training_dataset(cfg)
+    except FileNotFoundError as e:  # reported by the launcher like the other refusals (ValueError)
+        raise RunFolderError(str(e)) from e
+    if "%j" in output_dir:
+        return None
+    check_lock(out)  # a second submission into a folder a live job holds (a double sbatch)
     return plan_run_folder(cfg, out, no_resume=no_resume, world_size=world_size or 1)

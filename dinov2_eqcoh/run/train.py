@@ -1,7 +1,7 @@
 """Submit dinov2_eqcoh training to SLURM through DINOv2's submitit launcher, with cluster profiles.
 
     python -m dinov2_eqcoh.run.train --cluster-profile juwels_booster --account <project> --nodes 4 \\
-        --config-file configs/train/vitl16_in1k_ep100_eqcoh_se2.yaml --output-dir /p/scratch/<project>/eqcoh/%j \\
+        --config-file configs/train/vitl16_in1k_ep100_eqcoh_se2.yaml --output-dir /p/scratch/<project>/eqcoh/vitl16_se2 \\
         train.dataset_path=ImageNet:split=TRAIN:root=<R>:extra=<E>
 
 This is DINOv2's `dinov2/run/train/train.py` with three changes:
@@ -9,7 +9,9 @@ This is DINOv2's `dinov2/run/train/train.py` with three changes:
 * resources come from a profile, `slurm/profiles/NAME.yaml` (or a path), with keys `partition`, `account`,
   `cpus_per_task`, `mem_gb`, `constraint`, `timeout_min`, `gpus_per_node`, `qos`; flags override profile values;
 * no guesses about Meta's clusters: no partition from `uname`, no `/checkpoint/$USER` (the output directory
-  defaults to `./experiments/%j`), and `--account`, `--qos`, `--cpus-per-task`, `--mem` flags;
+  defaults to `./experiments/<config name>[-<hash of the overrides>]`, one folder per command, so that submitting
+  the same command again resumes; DINOv2's `%j` gives a new folder, and a new run, per job), and `--account`,
+  `--qos`, `--cpus-per-task`, `--mem` flags;
 * `--cluster local|debug` runs the same task here through submitit's local executors, and `--dry-run` prints
   the sbatch script instead of submitting it.
 
@@ -52,7 +54,7 @@ logger = logging.getLogger("dinov2")
 
 PROFILES_ENV = "DINOV2_EQCOH_PROFILES"
 PLACEHOLDER = "CHANGE_ME"  # a profile value that must be replaced on the command line (e.g. the account)
-DEFAULT_OUTPUT_DIR = "./experiments/%j"
+DEFAULT_OUTPUT_ROOT = "./experiments"  # + the config's name (default_output_dir)
 JOB_NAME = "dinov2_eqcoh:train"
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -271,8 +273,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = resolve_resources(get_args_parser().parse_args(argv))
     if not os.path.isfile(args.config_file):
         raise ValueError(f"--config-file {args.config_file!r} does not exist")
-    args.output_dir = os.path.abspath(args.output_dir or DEFAULT_OUTPUT_DIR)
+    args.output_dir = os.path.abspath(args.output_dir or default_output_dir(args.config_file, args.opts or []))
     return args
+
+
+def default_output_dir(config_file: str, opts: list[str]) -> str:
+    """`experiments/<config name>[-<8 hex of the overrides>]`: the same command gets the same folder, so submitting
+    it again resumes the run (a `%j` folder would start a new run per job)."""
+    import hashlib
+
+    name = Path(config_file).stem
+    if opts:
+        name += "-" + hashlib.sha256("\n".join(opts).encode()).hexdigest()[:8]
+    return os.path.join(DEFAULT_OUTPUT_ROOT, name)
 
 
 def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, submitit.AutoExecutor]:
@@ -291,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                                    world_size=args.nodes * args.ngpus)
         if plan is not None and plan.action != "new":
             logger.info(f"output folder, when the job starts: {plan.summary()}")
+        if "%j" in args.output_dir:
+            logger.warning(f"--output-dir {args.output_dir}: %j makes a new folder per job, so submitting this command "
+                           "again starts a new run instead of resuming; use a fixed folder to resume")
         if args.dry_run:
             print(render_sbatch(make_executor(args, name=JOB_NAME)), end="")
             return 0
