@@ -247,3 +247,31 @@ def test_eqcoh_run_backbone_exports_and_loads_like_dinov2s(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(ours(x), reference.eval()(x))
+
+
+@pytest.mark.slow
+def test_hub_export_of_a_patch_14_run_has_the_released_grid(tmp_path):
+    """A patch-14 run trained at 28 px exports (by default) a 37 x 37 position table, so the file loads strictly into
+    DINOv2's hub constructor at its default 518 px, as a released file does; --image-size keeps the crop grid."""
+    from dinov2.hub.backbones import _make_dinov2_model
+    from dinov2.models import vision_transformer as vits
+    from omegaconf import OmegaConf
+
+    out = tmp_path / "p14"
+    run([PYTHON, "-m", "dinov2.train.train", "--config-file", TINY, "--output-dir", out, "student.patch_size=14",
+         "crops.global_crops_size=28", "crops.local_crops_size=14"])
+    exported, cropped = tmp_path / "backbone.pth", tmp_path / "backbone_28.pth"
+    run([PYTHON, "-m", "dinov2_eqcoh.weights.export", "--checkpoint", out / "model_final.rank_0.pth", "--output",
+         exported])
+    run([PYTHON, "-m", "dinov2_eqcoh.weights.export", "--checkpoint", out / "model_final.rank_0.pth", "--output",
+         cropped, "--image-size", "28"])
+    raw, raw28 = (torch.load(p, map_location="cpu", weights_only=True) for p in (exported, cropped))
+    assert raw["pos_embed"].shape[1] == 1 + 37 * 37 and raw28["pos_embed"].shape[1] == 1 + 2 * 2
+
+    s = OmegaConf.load(out / "config.yaml").student
+    vits.__dict__.setdefault(s.arch, vit_test)
+    hub = _make_dinov2_model(arch_name=s.arch, patch_size=14, init_values=s.layerscale, ffn_layer=s.ffn_layer,
+                             block_chunks=0, num_register_tokens=s.num_register_tokens, pretrained=False)
+    hub.load_state_dict(raw, strict=True)  # img_size: the constructor's default, 518
+    with pytest.raises(RuntimeError, match="pos_embed"):
+        hub.load_state_dict(raw28, strict=True)

@@ -11,8 +11,9 @@ what DINOv2's hub files hold, so it loads with `strict=True` into `dinov2.hub.ba
 pretrained=False)` of the same architecture, into `load_pretrained_backbone`, and into every DINOv2 eval script.
 The plugin's heads and decoders (`eqcoh_*`) and DINOv2's dino/ibot heads are not part of it.
 `--format timm|hf` writes the same weights as a folder for those libraries (`dinov2_eqcoh.weights.interop`; needs the
-`interop` extra). `--image-size S` resizes the position table to S px by DINOv2's own interpolation rule first
-(default: the run's crop size; 518 for the hub constructors' defaults and the released models' size).
+`interop` extra). `--image-size S` resizes the position table to S px by DINOv2's own interpolation rule first.
+Default for `--format hub` with patch 14: 518 px, the grid of DINOv2's released files, so the file loads strictly
+into `dinov2.hub.backbones.dinov2_vit*14()` as a released one does; otherwise the run's crop size.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from dinov2_eqcoh.weights.checkpoints import (
 from dinov2_eqcoh.weights.files import atomic_output
 
 logger = logging.getLogger("dinov2.eqcoh")
+
+
+RELEASED_PATCH, RELEASED_SIZE = 14, 518  # DINOv2's released backbones: patch 14, a 37 x 37 position table
 
 
 def hub_kwargs(cfg) -> dict[str, Any]:
@@ -75,7 +79,8 @@ def export_backbone(
         config_file, opts: the run's config (found next to the checkpoint when omitted) and dotlist overrides.
         allow_pickle: see `dinov2_eqcoh.weights.checkpoints.load_checkpoint_file`.
         fmt: "hub" (a .pth file), "timm" or "hf" (a folder, see `dinov2_eqcoh.weights.interop`).
-        image_size: pos-embed grid of the export in px (default: the config's crop size).
+        image_size: pos-embed grid of the export in px (default: 518 for "hub" with patch 14, as DINOv2's
+            released files; else the config's crop size).
 
     Returns:
         The `_make_dinov2_model` keyword arguments that rebuild the backbone (also logged); for timm and hf the
@@ -85,6 +90,11 @@ def export_backbone(
         raise ValueError(f"--format {fmt!r}: allowed hub, timm, hf")
     state = load_backbone_state_dict(checkpoint, allow_pickle=allow_pickle)
     cfg = backbone_config(config_file, opts, checkpoint=checkpoint, state=state)
+    if image_size is None and fmt == "hub" and int(cfg.student.patch_size) == RELEASED_PATCH:
+        image_size = RELEASED_SIZE  # as DINOv2's released files: loads strictly into dinov2.hub's constructors
+        logger.info(f"position table at {RELEASED_SIZE} px ({RELEASED_SIZE // RELEASED_PATCH}² patches), the grid of "
+                    "DINOv2's released files; --image-size to keep another (the run trained at "
+                    f"{cfg.crops.global_crops_size} px)")
     if image_size is not None:
         cfg.crops.global_crops_size = int(image_size)
     backbone = build_backbone_for_checkpoint(cfg, block_chunks=0)
@@ -119,7 +129,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="hub: raw DINOv2 state dict (default); timm: folder for timm.create_model('local-dir:"
                              "...'); hf: folder for transformers' Dinov2Model / Dinov2WithRegistersModel")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="pos-embed grid of the export in px, resized by DINOv2's rule (default: the crop size)")
+                        help="pos-embed grid of the export in px, resized by DINOv2's rule (default: 518 for --format "
+                             "hub with patch 14, as DINOv2's released files; else the run's crop size)")
     parser.add_argument("--allow-pickle", action="store_true", help="allow full unpickling (trusted files only)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. student.arch=vit_small")
     return parser
