@@ -50,6 +50,19 @@ class SlurmUnavailable(RuntimeError):
     """SLURM could not be installed or started; the message says why (with the daemons' log tails)."""
 
 
+NOT_ROOT = ("the suite's SLURM cluster installs slurm-wlm and munge with apt-get, may add its node names to /etc/hosts "
+            "and runs munged, slurmctld and slurmd as root; this is not root, so the SLURM tests are skipped (CI runs "
+            "them as root)")
+
+
+def require_root() -> None:
+    """pytest.skip with the reason when not root (a login node); as root a cluster that fails to start is an error."""
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip(NOT_ROOT)
+
+
 def ensure_installed() -> None:
     """Install Debian's slurm-wlm and munge with apt-get when any daemon is missing (needs root)."""
     if all(shutil.which(d) for d in DAEMONS + ("sbatch", "scontrol")):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_cluster import SlurmCluster
+from slurm_cluster import SlurmCluster, require_root
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = Path(__file__).resolve().parent / "records"
@@ -31,6 +31,7 @@ STARTED = re.compile(r"Starting training from iteration (\d+)")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    require_root()  # skipped with the reason off root; as root, failing to start is an error
     slurm = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()  # raises (test error) when SLURM cannot start
     yield slurm
     slurm.stop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from slurm_cluster import MULTI_NODES, SlurmCluster
+from slurm_cluster import MULTI_NODES, SlurmCluster, require_root
 from test_slurm import (
     STARTED,
     assert_two_rank_run,
@@ -31,6 +31,7 @@ NODELIST = "eqcoh-node[1-2]"  # how SLURM writes the two nodes (SLURM_JOB_NODELI
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    require_root()  # skipped with the reason off root; as root, failing to start is an error
     slurm = SlurmCluster(tmp_path_factory.mktemp("slurm2"), nodes=MULTI_NODES).start()
     yield slurm
     slurm.stop()
