@@ -55,3 +55,31 @@ def test_global_batch_and_lr_follow_dinov2s_scaling_rule():
     cfg = load_config(TINY, ["train.batch_size_per_gpu=32", "optim.base_lr=0.004"])
     assert global_batch(cfg, 64) == (2048, pytest.approx(0.004 * math.sqrt(2)))
     assert describe_batch(cfg, 64).startswith("64 processes × train.batch_size_per_gpu 32 = global batch 2048")
+
+
+def test_a_launch_at_another_global_batch_than_the_recipe_warns_or_stops():
+    from dinov2_eqcoh.method.config import ConfigError, load_config
+    from dinov2_eqcoh.run.folder import RunFolderError, check_global_batch
+
+    cfg = load_config("configs/train/vitb14_in1k_ep100_eqcoh_se2.yaml")  # 64 per GPU, recipe 1024
+    assert check_global_batch(cfg, 16) is None
+    assert "global batch 512" in check_global_batch(cfg, 8)
+    assert "train.batch_size_per_gpu=128 restores it" in check_global_batch(cfg, 8)
+    assert "no per-GPU batch restores it with 3 processes" in check_global_batch(cfg, 3)
+    strict = load_config("configs/train/vitb14_in1k_ep100_eqcoh_se2.yaml", ["eqcoh.strict_global_batch=true"])
+    with pytest.raises(RunFolderError, match="stopped before anything was written"):
+        check_global_batch(strict, 8)
+    with pytest.raises(ConfigError, match="eqcoh.recipe_global_batch"):
+        load_config(TINY, ["eqcoh.recipe_global_batch=0"])
+
+
+@pytest.mark.slow
+def test_training_logs_the_global_batch_and_stops_on_a_strict_recipe_mismatch(tmp_path):
+    warned = run([PYTHON, "-m", "dinov2.train.train", "--config-file", TINY, "--output-dir", tmp_path / "a",
+                  "eqcoh.recipe_global_batch=8", "optim.epochs=1"], timeout=600)
+    assert "1 process × train.batch_size_per_gpu 4 = global batch 4" in warned.stdout
+    assert "the recipe at 8 (eqcoh.recipe_global_batch): train.batch_size_per_gpu=8 restores it" in warned.stdout
+    stopped = run([PYTHON, "-m", "dinov2.train.train", "--config-file", TINY, "--output-dir", tmp_path / "b",
+                   "eqcoh.recipe_global_batch=8", "eqcoh.strict_global_batch=true"], check=False, timeout=600)
+    assert stopped.returncode != 0 and "eqcoh.strict_global_batch=true: stopped" in stopped.stdout
+    assert not (tmp_path / "b").exists()

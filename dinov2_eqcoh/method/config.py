@@ -207,7 +207,10 @@ def validate(cfg: DictConfig) -> None:
         _fail("eqcoh.d_equi", e.d_equi, f"must be an integer with 0 < d_equi < eqcoh.d_patch = {e.d_patch}")
     if e.transform not in TRANSFORMS:
         _fail("eqcoh.transform", e.transform, f"must be one of {', '.join(TRANSFORMS)}")
-    for key in ("apply_to_view", "extra_unmasked_pass", "keep_head_split"):
+    rgb = e.get("recipe_global_batch")
+    if rgb is not None and (not _is_int(rgb) or rgb < 1):
+        _fail("eqcoh.recipe_global_batch", rgb, "must be null or an integer >= 1 (images per step over all GPUs)")
+    for key in ("apply_to_view", "extra_unmasked_pass", "keep_head_split", "strict_global_batch"):
         if not isinstance(e[key], bool):
             _fail(f"eqcoh.{key}", e[key], "must be true or false")
     try:  # one source for the θ ranges' rules: the module that samples from them

@@ -130,6 +130,25 @@ def describe_batch(cfg, world_size: int) -> str:
             f"× sqrt({batch} / 1024) = {lr:.6g}")
 
 
+def check_global_batch(cfg, world_size: int) -> str | None:
+    """Compare this launch's global batch with the recipe's (`eqcoh.recipe_global_batch`): None when equal or not
+    stated, else a warning naming the per-GPU batch that restores it; with `eqcoh.strict_global_batch` a
+    `RunFolderError` (nothing written yet)."""
+    recipe = cfg.eqcoh.get("recipe_global_batch")
+    batch, _ = global_batch(cfg, world_size)
+    if recipe is None or batch == int(recipe):
+        return None
+    per_gpu = int(recipe) / world_size
+    fix = (f"train.batch_size_per_gpu={int(per_gpu)} restores it" if per_gpu == int(per_gpu) else
+           f"no per-GPU batch restores it with {world_size} processes; use a count that divides {recipe}")
+    msg = (f"this launch trains at global batch {batch} ({describe_batch(cfg, world_size)}), the recipe at "
+           f"{recipe} (eqcoh.recipe_global_batch): {fix}")
+    if cfg.eqcoh.get("strict_global_batch", False):
+        raise RunFolderError(msg + " (eqcoh.strict_global_batch=true: stopped before anything was written; set it "
+                             "false to train anyway)")
+    return msg
+
+
 def trained_world_size(output_dir: str | os.PathLike) -> int:
     """How many processes wrote the folder's checkpoints: its `last_checkpoint.rank_<N>` tags (0 without any)."""
     ranks = [int(p.name.rsplit("_", 1)[1]) for p in Path(output_dir).glob("last_checkpoint.rank_*")
@@ -614,12 +633,15 @@ def check_in_dinov2_setup(cfg) -> RunFolderPlan | None:
     from dinov2_eqcoh.run.lock import acquire_lock, check_lock
 
     rank = _rank()
+    batch_warning = check_global_batch(cfg, _world_size())  # every rank stops when strict
     check_lock(args.output_dir)  # every rank: none waits for a rank 0 that stopped here
     plan = plan_run_folder(cfg, args.output_dir, no_resume=bool(getattr(args, "no_resume", False)), rank=rank)
     if rank == 0:
         acquire_lock(args.output_dir)  # one writer per folder, before anything is written (run/lock.py)
         apply_plan(plan)
         _note(logging.INFO, f"dinov2_eqcoh: {describe_batch(cfg, _world_size())}")
+        if batch_warning:
+            _note(logging.WARNING, f"dinov2_eqcoh: warning: {batch_warning}")
     if plan.action == "resume":
         _pending_recover.append(str(plan.output_dir))  # carried out by every rank once the model is built
     return plan
@@ -665,6 +687,10 @@ def check_before_submit(config_file: str, opts: Sequence[str], output_dir: str, 
         check_training_dataset(cfg)
     except FileNotFoundError as e:  # reported by the launcher like the other refusals (ValueError)
         raise RunFolderError(str(e)) from e
+    logger.info(f"dinov2_eqcoh: the job trains with {describe_batch(cfg, world_size or 1)}")
+    batch_warning = check_global_batch(cfg, world_size or 1)
+    if batch_warning:
+        logger.warning(f"dinov2_eqcoh: warning: {batch_warning}")
     if "%j" in output_dir:
         return None
     check_lock(out)  # a second submission into a folder a live job holds (a double sbatch)

@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         # queued (dinov2_eqcoh.run.folder)
         plan = check_before_submit(args.config_file, args.opts or [], args.output_dir, args.no_resume,
                                    world_size=args.nodes * args.ngpus)
+        logger.info(f"the job: {args.nodes} node(s) × {args.ngpus} GPU(s)")
         if plan is not None and plan.action != "new":
             logger.info(f"output folder, when the job starts: {plan.summary()}")
         if "%j" in args.output_dir:
