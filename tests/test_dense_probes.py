@@ -433,3 +433,22 @@ def test_dense_probes_on_the_builtin_data_returns_the_headline_numbers():
     assert describe_settings(out["settings"]).startswith("homography 600 train / 200 test pairs, propagation 4 videos")
     with pytest.raises(ValueError, match="scale 0 must be > 0"):
         dense_probes(PatchMean(8), size=16, device="cpu", scale=0)
+
+
+@pytest.mark.slow
+def test_without_matplotlib_the_numbers_are_written_and_the_picture_skipped(random_vit, tmp_path):
+    """The CLIs write their JSON before their picture; a machine without matplotlib gets the numbers and a warning
+    (matplotlib is hidden by a package of that name that raises ImportError, first on PYTHONPATH)."""
+    blocker = tmp_path / "blocked" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
+    env = {"PYTHONPATH": str(blocker.parent)}
+    common = ["--weights", random_vit, "--image-size", "32", "--device", "cpu"]
+    for name, extra in (("homography", ["--n-train", "12", "--n-test", "4", "--epochs", "1"]),
+                        ("segmentation", ["--n-train", "8", "--n-test", "4", "--epochs", "1"])):
+        out = tmp_path / name
+        proc = run([PYTHON, "-m", f"dinov2_eqcoh.eval.{name}", *common, "--output-dir", out, *extra], env=env,
+                   timeout=300)
+        assert json.loads((out / f"{name}.json").read_text())["n_test"] == 4
+        assert not (out / f"{name}.png").exists()
+        assert f"{name}.png not drawn (matplotlib hidden by the test)" in proc.stdout

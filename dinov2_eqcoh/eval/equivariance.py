@@ -45,6 +45,7 @@ from dinov2_eqcoh.eval.features import (
     backbone_from_args,
     check_image_size,
     default_device,
+    draw,
     make_eval_dataset,
     parse_feature_kinds,
     progress,
@@ -414,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.update({"weights": os.path.abspath(args.weights), "dataset": dataset_str})
     with open(os.path.join(args.output_dir, "equivariance.json"), "w") as f:
         json.dump(results, f, indent=2)
-    plot_equivariance(results, os.path.join(args.output_dir, "equivariance.png"))
+    draw(plot_equivariance, os.path.join(args.output_dir, "equivariance.png"), results)
     summary = ", ".join(f"{k}: " + " ".join(f"{t}={v:.3f}" for t, v in r.items()) for k, r in results["r2"].items())
     print(f"equivariance R² ({args.output_dir}/equivariance.json): {summary}")
     return 0

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ FEATURE_ALIASES = {"both": ("cls", "avgpool")}
 
 __all__ = [
     "FEATURE_KINDS",
+    "draw",
     "RawPixels",
     "load_backbone",
     "eval_transform",
@@ -44,6 +45,17 @@ __all__ = [
     "add_backbone_args",
     "backbone_from_args",
 ]
+
+
+def draw(plot: Callable[..., Any], path: str, *args, **kwargs) -> bool:
+    """Call `plot(..., path, ...)` to draw a picture whose numbers are already written; without matplotlib, warn
+    and go on (the JSON has everything). Returns whether the picture was drawn."""
+    try:
+        plot(*args, path, **kwargs) if args else plot(path, **kwargs)
+    except ImportError as e:
+        logger.warning(f"{path} not drawn ({e}); the figures are in the JSON next to it. pip install matplotlib")
+        return False
+    return True
 
 
 class RawPixels(nn.Module):

@@ -40,6 +40,7 @@ from dinov2_eqcoh.eval.features import (
     backbone_from_args,
     check_image_size,
     default_device,
+    draw,
     progress,
     setup_cli_logging,
 )
@@ -361,11 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = evaluate_homography(backbone, dataset, size=size, n_train=args.n_train, n_test=args.n_test, rho=args.rho,
                                   epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
                                   seed=args.seed, device=args.device)
-    plot_homography(results, os.path.join(args.output_dir, "homography.png"))
+    drawn = dict(results)
     results = {k: v for k, v in results.items() if k != "examples"}
     results.update({"weights": os.path.abspath(args.weights), "dataset": dataset_str})
-    with open(os.path.join(args.output_dir, "homography.json"), "w") as f:
+    with open(os.path.join(args.output_dir, "homography.json"), "w") as f:  # the numbers first, then the picture
         json.dump(results, f, indent=2)
+    draw(plot_homography, os.path.join(args.output_dir, "homography.png"), drawn)
     print(f"homography ({args.output_dir}/homography.json): MCE {results['mce']:.3f} px at {size} px "
           f"(zero offsets {results['mce_zero']:.3f} px, ρ {results['rho']:g})")
     return 0

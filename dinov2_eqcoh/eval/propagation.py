@@ -46,6 +46,7 @@ from dinov2_eqcoh.eval.features import (
     backbone_from_args,
     check_image_size,
     default_device,
+    draw,
     progress,
     setup_cli_logging,
 )
@@ -564,9 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.update({"weights": os.path.abspath(args.weights), "dataset": dataset_str})
     with open(os.path.join(args.output_dir, "propagation.json"), "w") as f:
         json.dump(results, f, indent=2)
-    plot_propagation(examples, os.path.join(args.output_dir, "propagation.png"),
-                     getattr(videos, "palette", None),
-                     title=f"label propagation at {size} px: J&F {results['jf_mean']:.3f} (J {results['j_mean']:.3f}, "
+    draw(plot_propagation, os.path.join(args.output_dir, "propagation.png"), examples,
+         palette=getattr(videos, "palette", None),
+         title=f"label propagation at {size} px: J&F {results['jf_mean']:.3f} (J {results['j_mean']:.3f}, "
                            f"F {results['f_mean']:.3f}), {results['n_objects']} objects")
     print(f"propagation ({args.output_dir}/propagation.json): J&F-mean {results['jf_mean']:.4f}, "
           f"J-mean {results['j_mean']:.4f}, F-mean {results['f_mean']:.4f} over {results['n_objects']} objects in "

@@ -38,6 +38,7 @@ from dinov2_eqcoh.eval.features import (
     backbone_from_args,
     check_image_size,
     default_device,
+    draw,
     progress,
     setup_cli_logging,
 )
@@ -345,11 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     num_classes=num_classes, test_dataset=test_ds, epochs=args.epochs, lr=args.lr,
                                     seed=args.seed, device=args.device, feature_batch_size=args.batch_size,
                                     class_names=names)
-    plot_segmentation(results, os.path.join(args.output_dir, "segmentation.png"), num_classes)
+    drawn = dict(results)
     results.pop("examples")
     results.update({"weights": os.path.abspath(args.weights), "dataset": dataset_str})
-    with open(os.path.join(args.output_dir, "segmentation.json"), "w") as f:
+    with open(os.path.join(args.output_dir, "segmentation.json"), "w") as f:  # the numbers first, then the picture
         json.dump(results, f, indent=2)
+    draw(plot_segmentation, os.path.join(args.output_dir, "segmentation.png"), drawn, num_classes=num_classes)
     print(f"segmentation ({args.output_dir}/segmentation.json): mIoU {results['miou']:.4f}, pixel accuracy "
           f"{results['pixel_acc']:.4f} on {results['n_test']} images, {num_classes} classes")
     return 0
