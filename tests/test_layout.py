@@ -34,6 +34,7 @@ ALLOWED = {
     "_upstream": set(),
     "_moved": set(),
     "experiments": {"*"},
+    "plot": {"eval"},  # python -m dinov2_eqcoh.plot: the command name of eval.training_curves
 }
 
 

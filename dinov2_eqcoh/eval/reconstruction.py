@@ -294,6 +294,46 @@ def plot_training_diagnostics(records: Sequence[dict[str, Any]], path: str | Pat
     return True
 
 
+def reconstruction_grid(model, cfg, path: str | Path, n: int = 6, title: str = "") -> None:
+    """v1, v2, the targets u_k and the decoders' predictions D_k([z_equi(v1); z_equi(v2)]) for a few images.
+
+    Args:
+        model, cfg: the eqcoh run's student (`dinov2_eqcoh.eval.reconstruction.load_student_model`).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    batch = diagnostic_batch(cfg, n)  # the diagnostics' images and rendering, as in training
+    out = decoder_outputs(model, batch)
+    v1 = batch["collated_global_crops"][:n]
+    targets, pred = out["targets"], out["pred"]  # (K, n, 3, G, G)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    K = targets.shape[0]
+    cols = [("v1", v1), ("v2 = g_θ(u)", out["v2"])]
+    for k in range(K):
+        cols += [(f"u_{k + 1} target", targets[k]), (f"D_{k + 1} prediction", pred[k])]
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n))
+    for j, (title, imgs) in enumerate(cols):
+        for i in range(n):
+            ax = axes[i, j]
+            ax.imshow((imgs[i].float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+    thetas = batch["eqcoh_theta"]
+    for i in range(n):
+        axes[i, 0].set_ylabel("θ=" + ",".join(f"{v:.2g}" for v in thetas[i].tolist()), fontsize=6)
+    fig.suptitle(title or "EqCoh reconstructions of the intermediate states (student, final checkpoint)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         "python -m dinov2_eqcoh.eval.reconstruction",
@@ -357,6 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plot_training_diagnostics(records, out / "training_diagnostics.png",
                                  f"{checkpoint.parent.name}: diagnostics logged during training"):
         print(f"wrote {out / 'training_diagnostics.png'}")
+    model, cfg, iteration = load_student_model(checkpoint, args.config_file)  # strict
+    title = f"{checkpoint.parent.name}, {checkpoint.name} (iteration {iteration}): v1, v2, u_k and D_k"
+    from dinov2_eqcoh.eval.features import draw
+
+    if draw(reconstruction_grid, str(out / "reconstructions.png"), model, cfg, title=title):
+        print(f"wrote {out / 'reconstructions.png'}")
     return 0
 
 

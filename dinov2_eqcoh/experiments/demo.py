@@ -157,47 +157,6 @@ def evaluate_untrained(run_dir: Path, args) -> dict:
 
 
 @torch.no_grad()
-def reconstruction_grid(model, cfg, path: Path, n: int = 6) -> None:
-    """v1, v2, the targets u_k and the decoders' predictions D_k([z_equi(v1); z_equi(v2)]) for a few images.
-
-    Args:
-        model, cfg: the eqcoh run's student (`dinov2_eqcoh.eval.reconstruction.load_student_model`).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dinov2_eqcoh.eval.reconstruction import decoder_outputs, diagnostic_batch
-    from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    batch = diagnostic_batch(cfg, n)  # the diagnostics' images and rendering, as in training
-    out = decoder_outputs(model, batch)
-    v1 = batch["collated_global_crops"][:n]
-    targets, pred = out["targets"], out["pred"]  # (K, n, 3, G, G)
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
-    K = targets.shape[0]
-    cols = [("v1", v1), ("v2 = g_θ(u)", out["v2"])]
-    for k in range(K):
-        cols += [(f"u_{k + 1} target", targets[k]), (f"D_{k + 1} prediction", pred[k])]
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n))
-    for j, (title, imgs) in enumerate(cols):
-        for i in range(n):
-            ax = axes[i, j]
-            ax.imshow((imgs[i].float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
-            ax.set_xticks([]), ax.set_yticks([])
-            if i == 0:
-                ax.set_title(title, fontsize=8)
-    thetas = batch["eqcoh_theta"]
-    for i in range(n):
-        axes[i, 0].set_ylabel("θ=" + ",".join(f"{v:.2g}" for v in thetas[i].tolist()), fontsize=6)
-    fig.suptitle("EqCoh reconstructions of the intermediate states (student, final checkpoint)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def r2_bars(models: dict, path: Path) -> None:
     import matplotlib
 
@@ -371,6 +330,7 @@ def main(argv=None) -> int:
             diagnose_model,
             load_student_model,
             plot_training_diagnostics,
+            reconstruction_grid,
             training_records,
         )
 
@@ -383,7 +343,7 @@ def main(argv=None) -> int:
         # the numbers are in the report first; the pictures come after and lose nothing if they fail
         plot_training_diagnostics(training_records(run_dir), output_dir / "diagnostics.png",
                                   "eqcoh: the decoders' diagnostics logged during training")
-        reconstruction_grid(student, cfg, output_dir / "reconstructions.png")
+        reconstruction_grid(student, cfg, output_dir / "reconstructions.png")  # eval.reconstruction
     import platform
 
     report = {

@@ -1,0 +1,49 @@
+"""Pictures people look at, from a real tiny run: `python -m dinov2_eqcoh.plot <run>` (training curves and the
+decoders' diagnostics) and the reconstruction grid of `python -m dinov2_eqcoh.eval.reconstruction` (strict load)."""
+
+import json
+
+import pytest
+from helpers import PYTHON, run
+
+TINY = "configs/tiny/eqcoh_cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_eqcoh_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plots") / "run"
+    run([PYTHON, "-m", "dinov2.train.train", "--config-file", TINY, "--output-dir", out, "optim.epochs=6",
+         "eqcoh.diagnostics_every=2"], timeout=600)
+    return out
+
+
+@pytest.mark.slow
+def test_plot_cli_draws_training_curves_and_diagnostics(tiny_eqcoh_run):
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.plot", tiny_eqcoh_run], timeout=300)
+    curves, diag = tiny_eqcoh_run / "plots" / "training_curves.png", tiny_eqcoh_run / "plots" / "training_diagnostics.png"
+    assert f"wrote {curves}" in proc.stdout and f"wrote {diag}" in proc.stdout
+    assert curves.stat().st_size > 10_000 and diag.stat().st_size > 10_000
+
+    from dinov2_eqcoh.eval.training_curves import loss_keys, read_metrics
+
+    records = read_metrics(tiny_eqcoh_run)
+    assert [r["iteration"] for r in records] == sorted({r["iteration"] for r in records})
+    keys = loss_keys(records)
+    assert keys[0] == "total_loss" and "eqcoh_recon_loss" in keys and not any("diag" in k for k in keys)
+
+
+def test_plot_cli_names_a_folder_without_metrics_and_a_broken_line(tmp_path):
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.plot", tmp_path], check=False, timeout=120)
+    assert proc.returncode == 2 and "training_metrics.json does not exist" in proc.stdout
+    (tmp_path / "training_metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 1.0}) + "\n{broken\n")
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.plot", tmp_path], check=False, timeout=120)
+    assert proc.returncode == 2 and "line 2: not a JSON object" in proc.stdout
+
+
+@pytest.mark.slow
+def test_reconstruction_cli_draws_the_grid_of_a_strictly_loaded_student(tiny_eqcoh_run, tmp_path):
+    out = tmp_path / "diag"
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.eval.reconstruction", "--run-dir", tiny_eqcoh_run, "--n", "8",
+                "--grad-batch", "4", "--output-dir", out], timeout=600)
+    assert (out / "reconstruction_diagnostics.json").is_file()
+    assert f"wrote {out / 'reconstructions.png'}" in proc.stdout and (out / "reconstructions.png").stat().st_size > 5000
