@@ -3,7 +3,7 @@
 The same code path as on a GPU, with the tiny config instead of ViT-L/16: DINOv2's training loop (FSDP, one
 process) for 4 iterations, a second start that resumes at iteration 4 and runs to 8, the teacher checkpoints, then
 the bench's tiny preset; one JSON with the hardware and every figure. What only a GPU can show (xFormers' kernels,
-NCCL, fp16 on CUDA, the vitl16 figures) is not exercised here; the GPU command is in the README.
+NCCL, fp16 on CUDA, the vitl16 figures) is not exercised here; the GPU command is in docs/benchmarks.md and docs/results.md ("Cost").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every model is randomly initialised (nothing is downloaded) and then given rando
 attention, layer scale and every FFN matter (DINOv2's init, LayerScale 1e-5, would let a wrong block mapping pass).
 Equality: our DinoVisionTransformer, transformers' Dinov2Model / Dinov2WithRegistersModel and timm's
 VisionTransformer on the same weights give the same CLS and patch tokens within TOL at 518 px. At 224 px each
-library interpolates the position table its own way: the difference is bounded by BOUND_224 (README, "Checkpoints")
+library interpolates the position table its own way: the difference is bounded by BOUND_224 (docs/checkpoints.md)
 and disappears when the export resizes the table by DINOv2's rule (`--image-size 224`).
 """
 
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from dinov2_eqcoh.weights.checkpoints import build_backbone_for_checkpoint, load_backbone
 
 TOL = 1e-4  # max |difference| of CLS and patch tokens at the export's own resolution
-BOUND_224 = 0.1  # models without registers at 224 px (measured: HF 0.031, timm 0.061; README "Checkpoints")
+BOUND_224 = 0.1  # models without registers at 224 px (measured: HF 0.031, timm 0.061; docs/checkpoints.md)
 TINY = "configs/tiny/eqcoh_cpu.yaml"
 
 # the backbones compared: DINOv2 `student.*` options at 518 px, patch 14

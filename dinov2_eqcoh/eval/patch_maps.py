@@ -16,7 +16,7 @@ from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAU
 # The probe resolution of `dense_probes` (and the CLIs' default on the built-in data): the demo trains at 32 px
 # crops with patch 8 (a 4x4 token grid); the frozen backbone runs at 64 px (8x8 tokens; DINOv2 interpolates the
 # position embeddings), where objects are 2-4 tokens wide. At the demo's budget no resolution from 32 to 128 px
-# separated trained from untrained backbones on these probes (README, "Dense probes").
+# separated trained from untrained backbones on these probes (docs/dense_probes.md).
 DEFAULT_SIZE = 64
 
 

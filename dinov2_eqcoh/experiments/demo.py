@@ -228,7 +228,7 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
         f"on the CLS token, {report['settings']['class_images']} "
         "held-out images (2/3 reference/fit, 1/3 scored), 10 classes (chance 10 %).",
         "",
-        "Dense probes (`dinov2_eqcoh.eval.dense.dense_probes`, README \"Dense probes\"): "
+        "Dense probes (`dinov2_eqcoh.eval.dense.dense_probes`, docs/dense_probes.md): "
         + next((describe(m["dense"]) for m in rows.values() if m.get("dense")), "not run") + ".",
         "",
         "The untrained row probes a randomly initialised backbone of the same architecture: what the probes read "

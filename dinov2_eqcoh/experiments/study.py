@@ -421,7 +421,7 @@ def dense_paragraph(study: dict) -> list[str]:
     dense = next((sc["dense"] for by in study["scores"].values() for sc in by.values() if "dense" in sc), None)
     if dense is None:
         return []
-    return [f"Dense probes (`dinov2_eqcoh.eval.dense.dense_probes`, README \"Dense probes\"), the same for every run "
+    return [f"Dense probes (`dinov2_eqcoh.eval.dense.dense_probes`, docs/dense_probes.md), the same for every run "
             f"(probe seed 0) on the final teacher: {describe(dense)}.", ""]
 
 
