@@ -12,7 +12,7 @@ PIN := $(shell sed -n 's/^commit=//p' patches/UPSTREAM)
 DEMO_OUT ?= out/demo
 STUDY_OUT ?= out/study
 STUDY_ARGS ?=
-# the learned-invariance regime (docs/study.md): vanilla DINOv2's DINO term stays <= 0.8 ln K over the last quarter
+# the learned-invariance regime (docs/invariance_regime.md): vanilla DINOv2's DINO term stays <= 0.8 ln K over the last quarter
 LEARNED_OPTS := teacher.teacher_temp=0.01 teacher.warmup_teacher_temp=0.01
 PYTEST_ARGS ?=
 
