@@ -236,3 +236,119 @@ def test_blur_task_sigma_is_in_pixels_of_the_probed_image():
     # at 224 px both conventions are the paper's
     assert torch.equal(render_theta("blur", theta, 224, "probe_px"), render_theta("blur", theta, 224, "px_at_224"))
     assert "32 px probe image" in blur_sigma_definition("probe_px", 32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# known answers on the rendering itself: content whose rotation cannot be observed (issue 21)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Rings(torch.utils.data.Dataset):
+    """Centred concentric rings (random period and phase) reaching into the corners: a rotation about the centre
+    leaves the image unchanged except where the rendering invents content (the corners it uncovers, resampling).
+    Any θ a probe reads from f(I), f(g_θ(I)) of these images comes from the rendering, not from the content."""
+
+    def __init__(self, n, size=SIZE, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        self.period = 4 + 6 * torch.rand(n, generator=gen)
+        self.phase = torch.rand(n, generator=gen) * 2 * math.pi
+        self.size = size
+
+    def __len__(self):
+        return len(self.period)
+
+    def __getitem__(self, i):
+        s = self.size
+        yy, xx = torch.meshgrid(torch.arange(s) - (s - 1) / 2, torch.arange(s) - (s - 1) / 2, indexing="ij")
+        img = torch.cos(2 * math.pi * (xx**2 + yy**2).sqrt() / self.period[i] + self.phase[i])
+        return img.expand(3, s, s).clone(), i % 10
+
+
+class RadialProfile(nn.Module):
+    """Mean |intensity| per one-pixel ring of the inscribed disk: rotation-invariant by construction."""
+
+    patch_size = 1
+
+    def forward_features(self, x):
+        s = x.shape[-1]
+        yy, xx = torch.meshgrid(torch.arange(s) - (s - 1) / 2, torch.arange(s) - (s - 1) / 2, indexing="ij")
+        ring = (xx**2 + yy**2).sqrt().floor().long()
+        w = x.abs().mean(1)  # (B, S, S)
+        f = torch.stack([w[:, ring == r].mean(1) for r in range(s // 2 - 1)], 1)  # (B, S/2 - 1)
+        return {"x_norm_clstoken": f, "x_norm_patchtokens": f[:, None]}
+
+
+@pytest.mark.parametrize("encoder", ["raw_pixels", "random_vit"])
+def test_rotation_of_rings_is_read_only_from_the_filled_corners(encoder, random_vit_test):
+    """Rings rendered as the probes render by default (the corners a rotation uncovers filled with zeros): raw
+    pixels read no θ (R² < 0.1; the same probe reads rotation from raw pixels of the oriented blobs, so it could
+    fail), but a random ViT reads R²(rot) about 0.4, and only from the corners: zeroing everything outside the
+    inscribed disk, in I and in g_θ(I), takes it back to 0. This is the leak fill-free probing removes
+    (test_fill_free_probe_reads_no_rotation_from_rings)."""
+    from dinov2_eqcoh.eval.features import RawPixels
+    from dinov2_eqcoh.weights.checkpoints import load_backbone
+
+    backbone = RawPixels(8) if encoder == "raw_pixels" else load_backbone(random_vit_test)[0]
+    probe = dict(PROBE, n_train=400, n_test=200, epochs=30)
+    rings = evaluate_equivariance(backbone, Rings(600), tasks=("rot",), **probe)["r2"]["cls"]["rot"]
+    if encoder == "raw_pixels":
+        assert rings < 0.1, rings
+        blobs = evaluate_equivariance(backbone, Blobs(600), tasks=("rot",), **probe)["r2"]["cls"]["rot"]
+        assert blobs > 0.5, blobs
+        return
+    assert rings > 0.2, rings  # the fill leaks θ to a ViT
+
+    class InscribedDisk(nn.Module):
+        patch_size = 8
+
+        def forward_features(self, x):
+            s = x.shape[-1]
+            yy, xx = torch.meshgrid(torch.arange(s) - (s - 1) / 2, torch.arange(s) - (s - 1) / 2, indexing="ij")
+            return backbone.forward_features(x * ((xx**2 + yy**2).sqrt() < s / 2 - 1))
+
+    disk = evaluate_equivariance(InscribedDisk(), Rings(600), tasks=("rot",), **probe)["r2"]["cls"]["rot"]
+    assert disk < 0.1, disk
+
+
+def test_rotation_invariant_features_score_zero_on_rotated_content():
+    """A feature map invariant to rotation by construction reads no θ from the oriented blobs, whose rotation
+    raw pixels and image moments do show (test_equivariance_probe_reads_theta_from_an_encoder_that_exposes_it)."""
+    r2 = evaluate_equivariance(RadialProfile(), Blobs(600), tasks=("rot",), **dict(PROBE, n_train=400, n_test=200,
+                                                                                   epochs=30))["r2"]["cls"]["rot"]
+    assert r2 < 0.1, r2
+
+
+def test_fill_free_rendering_shows_g_of_the_crop_without_fill():
+    """On a larger canvas, the centred crop of g_θ(canvas) is g_θ(crop) rendered at the crop's own scale, without
+    the fill of uncovered corners: for a shift the crop is the crop of the shifted canvas, shifted by t·crop px."""
+    from dinov2_eqcoh.eval.equivariance import EVAL_RANGES, _to_canvas, center_crop, fill_free_size
+    from dinov2_eqcoh.method.transforms import render
+
+    crop, canvas = 32, fill_free_size(32)
+    assert canvas == math.ceil(32 * math.sqrt(2) * (1 + 2 * 10 / 224)) + 2
+    img = torch.randn(1, 3, canvas, canvas)
+    theta = torch.tensor([[4 / 32, 0.0]])  # a 4 px shift of the 32 px crop
+    moved = center_crop(render(img, "translation", _to_canvas("trans", theta, crop, canvas)), crop)
+    top = (canvas - crop) // 2
+    assert torch.allclose(moved, img[..., top : top + crop, top - 4 : top - 4 + crop], atol=1e-4)
+    rotated = center_crop(render(img, "rotation", torch.tensor([[45.0]])), crop)
+    assert (rotated == 0).float().mean() < 0.01  # no fill reaches the crop (zero = the fill value)
+    corners = render(center_crop(img, crop), "rotation", torch.tensor([[45.0]]))
+    assert (corners == 0).float().mean() > 0.1  # rendered on the crop itself, the corners are filled
+    with pytest.raises(ValueError, match="needs images of at least"):
+        evaluate_equivariance(Moments(), Blobs(40, size=40), tasks=("rot",), crop=32, **dict(PROBE, n_train=20,
+                                                                                               n_test=10))
+    assert EVAL_RANGES["rotation"] == (-45.0, 45.0)
+
+
+def test_fill_free_probe_reads_no_rotation_from_rings(random_vit_test):
+    """The ring known answer again, rendered fill-free: the random ViT that read R²(rot) 0.40 from the filled corners
+    of rings (test_rotation_of_rings_is_read_only_from_the_filled_corners) reads nothing."""
+    from dinov2_eqcoh.eval.equivariance import fill_free_size
+    from dinov2_eqcoh.weights.checkpoints import load_backbone
+
+    backbone = load_backbone(random_vit_test)[0]
+    r2 = evaluate_equivariance(backbone, Rings(600, size=fill_free_size(SIZE)), tasks=("rot",), crop=SIZE,
+                               **dict(PROBE, n_train=400, n_test=200, epochs=30))
+    assert r2["r2"]["cls"]["rot"] < 0.1, r2["r2"]
+    assert r2["image_size"] == SIZE and r2["rendering"].startswith("fill-free")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from typing import Mapping, Sequence
@@ -88,6 +89,27 @@ def render_theta(task: str, theta: torch.Tensor, image_size: int, blur_sigma_uni
     if task == "blur" and blur_sigma_units == "probe_px":
         return theta * (BLUR_REFERENCE_SIZE / image_size)
     return theta
+
+
+def fill_free_size(crop: int, ranges: Mapping = EVAL_RANGES) -> int:
+    """The smallest canvas L (px) whose rendering g_θ covers the centred `crop` px square with image content for
+    every θ in `ranges` (rotation about the centre, then a shift): no fill of uncovered corners reaches the crop.
+
+    A centred square of side C rotated by φ needs C·(|cos φ| + |sin φ|) ≤ L; a shift by t (fraction of the crop
+    C) adds 2·|t|·C on each axis, itself rotated: L = ceil(C·f·(1 + 2·t_max)) + 2 (interpolation border), with
+    f = max over φ of |cos φ| + |sin φ| (√2 once the range reaches 45°).
+    """
+    lo, hi = ranges["rotation"]
+    phi = min(max(abs(lo), abs(hi)), 45.0)
+    f = math.cos(math.radians(phi)) + math.sin(math.radians(phi))
+    t = max(abs(v) for v in ranges["translation"])
+    return math.ceil(crop * f * (1 + 2 * t)) + 2
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The centred size x size square of (..., L, L) images."""
+    top = (images.shape[-1] - size) // 2
+    return images[..., top : top + size, top : top + size]
 
 
 def blur_sigma_definition(units: str, image_size: int) -> str:
@@ -212,13 +234,16 @@ def equivariance_features(
     num_workers: int = 0,
     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    crop: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """Frozen features of I and of g_θ(I) for every task, batched under no_grad.
 
     Args:
         dataset: items (image (3, S, S) normalised, label).
         indices: the dataset items to use, N of them.
-        thetas: {task: (N, P) θ}, row n for image indices[n].
+        thetas: {task: (N, P) θ} as `render` reads them on the dataset's S px images, row n for image indices[n].
+        crop: fill-free rendering: g_θ is rendered on the whole S px image and the backbone sees the centred
+            crop x crop square of I and of g_θ(I) (S ≥ `fill_free_size(crop)`: no fill inside it).
 
     Returns:
         ({kind: (N, D) features of I}, {task: {kind: (N, D) features of g_θ(I)}}), float32 on the CPU.
@@ -234,12 +259,13 @@ def equivariance_features(
     for images, _ in progress(loader, total=len(loader), desc=f"equivariance features ({len(indices)} images)"):
         images = images.to(device, non_blocking=True)  # (B, 3, S, S)
         stop = start + images.shape[0]
-        for k, v in backbone_features(backbone, images, kinds).items():
+        seen = (lambda x: x) if crop is None else (lambda x: center_crop(x, crop))  # (B, 3, crop, crop)
+        for k, v in backbone_features(backbone, seen(images), kinds).items():
             base[k].append(v.cpu())
         for task, theta in thetas.items():
             with torch.no_grad():
                 g_images = render(images, TASKS[task], theta[start:stop].to(device), mean, std)  # (B, 3, S, S)
-            for k, v in backbone_features(backbone, g_images, kinds).items():
+            for k, v in backbone_features(backbone, seen(g_images), kinds).items():
                 moved[task][k].append(v.cpu())
         start = stop
     return (
@@ -265,6 +291,7 @@ def evaluate_equivariance(
     num_workers: int = 0,
     ranges: Mapping = EVAL_RANGES,
     blur_sigma_units: str = "probe_px",
+    crop: int | None = None,
 ) -> dict:
     """R² of the θ-regression probe per task and feature kind (see the module docstring).
 
@@ -281,6 +308,10 @@ def evaluate_equivariance(
         seed: image subset, θ draws and probe initialisation.
         ranges: θ ranges (default: the paper's EVAL_RANGES).
         blur_sigma_units: "probe_px" (σ in pixels of the probed image; default) or "px_at_224" (module docstring).
+        crop: fill-free rendering (module docstring): the dataset's images are a larger canvas L ≥
+            `fill_free_size(crop)`, g_θ is rendered on it and the backbone sees the centred crop px of I and g_θ(I),
+            so no fill of uncovered corners is seen. θ keeps its meaning (a shift is a fraction of the crop, σ in
+            pixels of the probed crop). None: the backbone sees the whole rendered image (corners filled).
 
     Returns:
         {"r2": {kind: {task: R², ..., "mean": mean over the paper's tasks among `tasks`}}, "mean_tasks": [...],
@@ -303,7 +334,12 @@ def evaluate_equivariance(
                        f"{len(dataset)} images of the dataset: fitting the R² probe on {n_train} images (2/3) and "
                        f"scoring it on the other {n_test} (1/3)")
     image = dataset[0][0]
-    check_image_size(int(image.shape[-1]), backbone)
+    canvas = int(image.shape[-1])
+    if crop is not None and canvas < fill_free_size(crop, ranges):
+        raise ValueError(f"fill-free probing at {crop} px needs images of at least {fill_free_size(crop, ranges)} px "
+                         f"for these ranges, the dataset's are {canvas} px")
+    image_size = canvas if crop is None else int(crop)  # what the backbone sees
+    check_image_size(image_size, backbone)
     device = torch.device(device) if device is not None else default_device()
 
     gen = torch.Generator().manual_seed(seed)
@@ -311,10 +347,11 @@ def evaluate_equivariance(
     thetas = {
         t: torch.stack([sample_theta(TASKS[t], ranges, gen) for _ in indices]) for t in tasks
     }  # {task: (N, P)}; the probe regresses these
-    image_size = int(image.shape[-1])
     render_thetas = {t: render_theta(t, theta, image_size, blur_sigma_units) for t, theta in thetas.items()}
+    if crop is not None:  # θ as render reads it on the canvas: shifts are fractions of the canvas, σ scales with it
+        render_thetas = {t: _to_canvas(t, theta, crop, canvas) for t, theta in render_thetas.items()}
     base, moved = equivariance_features(backbone, dataset, indices, render_thetas, kinds, batch_size, device,
-                                        num_workers)
+                                        num_workers, crop=crop)
 
     # the paper's mean is over rot, color, blur, trans; se2 (or any other extra task) is reported, not averaged
     mean_tasks = [t for t in tasks if t in PAPER_TASKS] or list(tasks)
@@ -350,8 +387,21 @@ def evaluate_equivariance(
         "image_size": image_size,
         "blur_sigma_units": blur_sigma_units,
         "blur_sigma_definition": blur_sigma_definition(blur_sigma_units, image_size),
+        "rendering": (f"fill-free: rendered on {canvas} px, the centred {crop} px seen" if crop is not None
+                      else "corners uncovered by a rotation or shift filled with zeros (mean grey)"),
         "seed": seed,
     }
+
+
+def _to_canvas(task: str, theta: torch.Tensor, crop: int, canvas: int) -> torch.Tensor:
+    """θ for `render` on a canvas px image such that the centred crop px show g_θ of the crop. `render` reads
+    shifts as fractions of the image and σ in pixels at 224 px scaled by image/224: both are given for a crop px
+    image, so both scale by crop/canvas (the same pixels); angles and colour do not change."""
+    theta = theta.clone()
+    for i, name in enumerate(THETA_NAMES[TASKS[task]]):
+        if name in ("t_x", "t_y", "sigma_px_at_224"):
+            theta[:, i] *= crop / canvas
+    return theta
 
 
 def plot_equivariance(results: Mapping, path: str, title: str = "") -> None:
