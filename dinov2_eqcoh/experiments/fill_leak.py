@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
                   flush=True)
             (out / "fill_leak.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [f"# Fill leak: R² with the corners filled vs fill-free ({size} px crops of {canvas} px built-in images)", "",
-             "Command: `python -m dinov2_eqcoh.experiments.fill_leak " + " ".join(argv or []) + "`", "",
+             "Command: `python -m dinov2_eqcoh.experiments.fill_leak " + " ".join(argv if argv is not None else sys.argv[1:])
+             + "`", "",
              "| backbone | features | rendering | " + " | ".join(f"R²({t})" for t in TASKS) + " | mean R² |",
              "|---|---|---|" + "---|" * (len(TASKS) + 1)]
     for name, by in results["scores"].items():
