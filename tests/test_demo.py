@@ -47,6 +47,10 @@ def test_demo_writes_the_documented_report(tmp_path):
     ref = report["reference"]["untrained"]
     assert set(ref["r2"]) == {"rot", "color", "blur", "trans", "se2", "mean"} and 0.0 <= ref["knn_top1"] <= 1.0
     assert "| untrained (reference) |" in (out / "report.md").read_text()
+    # raw pixels, the reference that needs no learning at all
+    assert set(report["reference"]) == {"raw_pixels", "untrained"}
+    assert report["reference"]["raw_pixels"]["r2"]["rot"] != ref["r2"]["rot"]
+    assert "| raw_pixels (reference) |" in (out / "report.md").read_text()
     assert "mce" in ref["dense"] and "MCE px" in (out / "report.md").read_text()
     assert "homography 60 train / 20 test pairs" in (out / "report.md").read_text()
     assert report["settings"]["class_images"] == 90 and report["settings"]["eval_images"] == 60

@@ -62,8 +62,12 @@ def test_study_trains_scores_resumes_and_refuses_another_configuration(tmp_path)
     assert (out / "runs" / "dinov2_s0" / "model_final.rank_0.pth").stat().st_mtime_ns == first
     assert (out / "scores" / "dinov2_s0.json").read_bytes() == first_score, "a finished run was scored again"
     study = json.loads((out / "study.json").read_text())
-    assert study["runs_finished"] == 2 and set(study["scores"]) == {"untrained", "dinov2"}
-    assert all(set(study["scores"][m]) == {"0", "1"} for m in study["scores"])
+    assert study["runs_finished"] == 2 and set(study["scores"]) == {"raw_pixels", "untrained", "dinov2"}
+    assert all(set(study["scores"][m]) == {"0", "1"} for m in ("untrained", "dinov2"))
+    assert set(study["scores"]["raw_pixels"]) == {"0"}  # probed once, not trained
+    raw = study["summary"]["per_model"]["raw_pixels"]["r2.rot"]
+    assert raw["n"] == 1 and "| raw_pixels | 1 |" in (out / "study.md").read_text()
+    assert not any("raw_pixels" in comp for comp in study["summary"]["paired"])
     per = study["summary"]["per_model"]["dinov2"]["r2.rot"]
     assert per["n"] == 2 and set(per["per_seed"]) == {"0", "1"}
     pair = study["summary"]["paired"]["dinov2 - untrained"]["r2.rot"]
@@ -85,7 +89,7 @@ def test_study_trains_scores_resumes_and_refuses_another_configuration(tmp_path)
                      for p in (out / "scores").glob("*.json")}
     denser = run([*cmd[:cmd.index("global")], "global,dense", *cmd[cmd.index("global") + 1:]], timeout=300).stdout
     assert "0 to train" in denser and "training " not in denser and ": global" not in denser
-    assert denser.count(": dense") == len(global_before) == 4  # 2 runs + the untrained backbone of each seed
+    assert denser.count(": dense") == len(global_before) == 5  # 2 runs, the untrained backbone of each seed, pixels
     study = json.loads((out / "study.json").read_text())
     for p in (out / "scores").glob("*.json"):
         score = json.loads(p.read_text())

@@ -156,6 +156,17 @@ def evaluate_untrained(run_dir: Path, args) -> dict:
             **probe_backbone("untrained", backbone, cfg.crops.global_crops_size, args)}
 
 
+def evaluate_raw_pixels(run_dir: Path, args) -> dict:
+    """The same probes on the pixels themselves (`eval.features.RawPixels`): what needs no learning at all."""
+    from dinov2_eqcoh.eval.features import RawPixels
+    from dinov2_eqcoh.method.config import load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    return {"description": "raw pixels: CLS = the image flattened, patch tokens = each patch's pixels (reference)",
+            **probe_backbone("raw_pixels", RawPixels(int(cfg.student.patch_size)), cfg.crops.global_crops_size,
+                             args)}
+
+
 @torch.no_grad()
 def r2_bars(models: dict, path: Path) -> None:
     import matplotlib
@@ -169,7 +180,8 @@ def r2_bars(models: dict, path: Path) -> None:
     for i, (name, m) in enumerate(models.items()):
         xs = [t + (i - (len(models) - 1) / 2) * width for t in range(len(tasks))]
         bars = ax.bar(xs, [m["r2"][t] for t in tasks], width, label=f"{name}: {m['description']}",
-                      **({"color": "0.75", "hatch": "//"} if name == "untrained" else {}))
+                      **({"color": "0.75", "hatch": "//"} if name == "untrained" else
+                         {"color": "0.45", "hatch": ".."} if name == "raw_pixels" else {}))
         ax.bar_label(bars, fmt="%.2f", fontsize=6)
     ax.set_xticks(range(len(tasks)), [f"R²({t})" if t != "mean" else "mean R²" for t in tasks])
     ax.set_ylim(min(0.0, min(m["r2"][t] for m in models.values() for t in tasks)), 1.05)
@@ -323,7 +335,8 @@ def main(argv=None) -> int:
               f"k-NN {100 * models[name]['knn_top1']:.1f} %, linear {100 * models[name]['linear_top1']:.1f} %, "
               f"DINO loss {models[name]['dino_loss_end']:.3f} (uniform: ln K = {models[name]['dino_uniform']:.3f})",
               flush=True)
-    reference = {"untrained": evaluate_untrained(output_dir / names[0], args)}
+    reference = {"raw_pixels": evaluate_raw_pixels(output_dir / names[0], args),
+                 "untrained": evaluate_untrained(output_dir / names[0], args)}
     r2_bars({**reference, **models}, output_dir / "r2_bars.png")
     if "eqcoh" in models:
         from dinov2_eqcoh.eval.reconstruction import (

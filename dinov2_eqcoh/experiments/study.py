@@ -310,6 +310,20 @@ def score_untrained(seed: int, config_run_dir: Path, output_dir: Path, args) -> 
     return score_backbone(name, backbone, cfg.crops.global_crops_size, score_path, args, extra)
 
 
+def score_raw_pixels(config_run_dir: Path, output_dir: Path, args) -> dict:
+    """The pixels themselves as a backbone (`eval.features.RawPixels`), probed once: what needs no learning."""
+    from dinov2_eqcoh.eval.features import RawPixels
+    from dinov2_eqcoh.method.config import load_config
+
+    score_path = output_dir / "scores" / "raw_pixels.json"
+    if all_scored(score_path, args.probes):
+        return json.loads(score_path.read_text())
+    cfg = load_config(config_run_dir / "config.yaml")
+    extra = {"model": "raw_pixels", "description": "raw pixels: CLS = the image flattened, patch tokens = the patches"}
+    return score_backbone("raw_pixels", RawPixels(int(cfg.student.patch_size)), cfg.crops.global_crops_size,
+                          score_path, args, extra)
+
+
 # --- summary ----------------------------------------------------------------------------------------------------
 
 def summarise(scores: dict[str, dict[int, dict]]) -> dict:
@@ -358,7 +372,7 @@ def fmt_iv(key: str, iv: dict, signed: bool = False) -> str:
 
 def write_report(study: dict, output_dir: Path) -> None:
     s = study["summary"]
-    models = [m for m in ("untrained", *MODELS) if m in s["per_model"]]
+    models = [m for m in ("raw_pixels", "untrained", *MODELS) if m in s["per_model"]]
     keys = [k for k in METRICS if any(k in s["per_model"][m] for m in models)]
     lines = [
         "# dinov2-eqcoh study: training seeds × models",
@@ -402,7 +416,9 @@ def write_report(study: dict, output_dir: Path) -> None:
         "held-out built-in images (seed 1), the same images and θ draws for every run; mean R² over rot, color, "
         f"blur, trans as in the paper. Blur: {blur or 'n/a'}. k-NN (k 20) and linear probe on the CLS token of "
         f"{study['identity']['class_images']} held-out images (10 classes, chance 10 %). `untrained`: a randomly "
-        "initialised backbone of the same architecture, seeded as DINOv2 seeds a run of that training seed. DINO "
+        "initialised backbone of the same architecture, seeded as DINOv2 seeds a run of that training seed; "
+        "`raw_pixels`: the pixels as features (CLS = the image flattened, patch tokens = each patch's pixels), "
+        "probed once. DINO "
         "loss / ln K: DINOv2's cross-view (invariance) term over its uniform-solution value (1 = nothing learned); "
         "'last-quarter max' is its largest logged value over the last quarter of training.",
         "",
@@ -435,10 +451,10 @@ def plot_study(study: dict, path: Path) -> None:
     keys = [k for k in ("r2.rot", "r2.mean", "r2.blur", "knn_top1", "linear_top1", "dense.mce", "dense.jf_mean",
                         "dense.miou")
             if any(k in pm for pm in s["per_model"].values())]
-    models = [m for m in ("untrained", *MODELS) if m in s["per_model"]]
+    models = [m for m in ("raw_pixels", "untrained", *MODELS) if m in s["per_model"]]
     comps = [c for c in s["paired"] if "untrained" not in c]
     fig, axes = plt.subplots(2, len(keys), figsize=(3.1 * len(keys), 6.4), squeeze=False)
-    colors = {"untrained": "0.6", "dinov2": "C0", "dinov2_aug": "C1", "eqcoh": "C2", "eqcoh_k1": "C3"}
+    colors = {"raw_pixels": "0.3", "untrained": "0.6", "dinov2": "C0", "dinov2_aug": "C1", "eqcoh": "C2", "eqcoh_k1": "C3"}
     for j, k in enumerate(keys):
         ax = axes[0, j]
         for i, m in enumerate(models):
@@ -474,6 +490,9 @@ def plot_study(study: dict, path: Path) -> None:
 
 def collect(output_dir: Path, seeds: list[int], models: list[str]) -> dict[str, dict[int, dict]]:
     scores: dict[str, dict[int, dict]] = {}
+    raw = output_dir / "scores" / "raw_pixels.json"
+    if raw.exists():  # not trained: one score (n 1), not paired with anything
+        scores["raw_pixels"] = {seeds[0]: json.loads(raw.read_text())}
     for m in ("untrained", *models):
         for s in seeds:
             p = output_dir / "scores" / f"{run_name(m, s)}.json"
@@ -585,6 +604,7 @@ def main(argv=None) -> int:
         else:
             score_run(m, s, output_dir, args)  # scores only what is missing
         score_untrained(s, output_dir / "runs" / run_name(m, s), output_dir, args)  # once per seed
+        score_raw_pixels(output_dir / "runs" / run_name(m, s), output_dir, args)  # once
         write_outputs(output_dir, args, identity, seeds, models, iterations, finished, len(plan), command)
     study = write_outputs(output_dir, args, identity, seeds, models, iterations, finished, len(plan), command)
     for comp in ("eqcoh - dinov2", "eqcoh - dinov2_aug", "eqcoh - eqcoh_k1"):
