@@ -20,7 +20,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from dinov2.train.train import get_args_parser
     from dinov2.train.train import main as dinov2_main
 
+    from dinov2_eqcoh.run.train import INHERITED_HELP
+
     parser = get_args_parser(add_help=True)
+    parser.prog = "python -m dinov2_eqcoh.train"
+    for action in parser._actions:  # DINOv2's help texts where they mislead (Yacs syntax)
+        if action.dest in ("opts", "config_file", "no_resume"):
+            action.help = INHERITED_HELP[action.dest]
     args = parser.parse_args(argv)
     if not args.config_file:
         parser.error("--config-file is required (e.g. configs/train/vitl16_in1k_ep100_eqcoh_se2.yaml)")

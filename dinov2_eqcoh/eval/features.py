@@ -191,23 +191,24 @@ def extract_features(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def add_backbone_args(parser: argparse.ArgumentParser) -> None:
-    """--weights (or DINOv2's --pretrained-weights), --config-file, --allow-pickle, --image-size, --device,
-    --batch-size, --num-workers, --seed, --output-dir, opts."""
-    parser.add_argument("--weights", "--pretrained-weights", dest="weights", required=True,
+def add_backbone_args(parser: argparse.ArgumentParser, image_size_help: str | None = None) -> None:
+    """--weights (or DINOv2's --pretrained-weights, or --checkpoint as in export), --config-file, --allow-pickle,
+    --image-size (`image_size_help`: where a CLI has its own default), --device, --batch-size, --num-workers, --seed,
+    --output-dir, opts."""
+    parser.add_argument("--weights", "--pretrained-weights", "--checkpoint", dest="weights", required=True,
                         help="model_*.rank_0.pth, eval/*/teacher_checkpoint.pth, an export or a released DINOv2 file, "
                              "an HF folder or .safetensors file, a timm checkpoint")
     parser.add_argument("--config-file", default=None,
                         help="the run's config.yaml or a YAML with student.* options (default: the run's config next "
                              "to the weights, else inferred from the weights)")
     parser.add_argument("--allow-pickle", action="store_true", help="allow full unpickling (trusted files only)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="eval crop size in px (default: the config's crops.global_crops_size; 224 without one)")
+    parser.add_argument("--image-size", type=int, default=None, help=image_size_help or
+                        "eval crop size in px (default: the config's crops.global_crops_size; 224 without one)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per feature batch (default 64)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default 0: in process)")
+    parser.add_argument("--seed", type=int, default=0, help="probe seed: image subset, initialisation (default 0)")
+    parser.add_argument("--output-dir", required=True, help="where the JSON and the picture are written")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. student.arch=vit_small")
 
 

@@ -333,7 +333,7 @@ def plot_homography(results: dict, path: str, title: str = "") -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("dinov2_eqcoh.eval.homography", description=__doc__.split("\n\n")[0])
-    add_backbone_args(parser)
+    add_backbone_args(parser, image_size_help=f"probe size in px: patch and image side (default {DEFAULT_SIZE}; the backbone's crop size is not used)")
     parser.add_argument("--dataset", default=None,
                         help="Synthetic:n=..:size=..:classes=..:seed=.. or ImageFolder:root=<any image folder, e.g. "
                              "COCO val2014> (default: the built-in scenes, seed 1)")

@@ -518,7 +518,7 @@ def plot_propagation(examples, path: str, palette: np.ndarray | None = None, n_c
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("dinov2_eqcoh.eval.propagation", description=__doc__.split("\n\n")[0])
-    add_backbone_args(parser)
+    add_backbone_args(parser, image_size_help=f"short side of the frames in px (default {DAVIS_SHORT_SIDE} for DAVIS as DINO, {DEFAULT_SIZE} for the built-in videos)")
     parser.add_argument("--dataset", default=None,
                         help="SyntheticVideo:n=..:frames=..:size=..:classes=..:seed=.. or DAVIS:root=..[:resolution=480p]"
                              "[:sequences=<list file or a,b,c>] (default: SyntheticVideo:n=8:frames=12:seed=1 at the "

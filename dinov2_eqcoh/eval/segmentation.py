@@ -323,7 +323,7 @@ def plot_segmentation(results: dict, path: str, num_classes: int, title: str = "
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("dinov2_eqcoh.eval.segmentation", description=__doc__.split("\n\n")[0])
-    add_backbone_args(parser)
+    add_backbone_args(parser, image_size_help=f"probe size in px (default {DEFAULT_SIZE}; the backbone's crop size is not used)")
     parser.add_argument("--dataset", default=None,
                         help="SyntheticSeg:n=..:size=..:classes=..:seed=.. or ADE20K:root=..[:classes=150] (default: "
                              "SyntheticSeg, seed 1, n_train + n_test images at the probe size)")

@@ -137,6 +137,29 @@ def load_profile(name: str) -> dict[str, Any]:
 # ---- command line ----
 
 
+INHERITED_HELP = {  # DINOv2's help texts that are wrong or silent here
+    "opts": "config overrides as key=value (OmegaConf dotlist), e.g. optim.epochs=10 train.batch_size_per_gpu=64",
+    "config_file": "the training config (YAML), e.g. configs/train/vitl16_in1k_ep100_eqcoh_se2.yaml",
+    "no_resume": "start over in --output-dir: the old run's files move to old_runs/<stamp>/ first",
+    "output_dir": "the run folder (default: ./experiments/<config name>[-<hash of the overrides>]); submitting the "
+                  "same command again resumes it; %%j (job id) makes a new folder, and a new run, per job",
+    "ngpus": "GPUs per node (default: the profile's, else DINOv2's 8)",
+    "nodes": "nodes (default 1); processes = nodes x GPUs per node",
+    "timeout": "job time limit in minutes (default: the profile's, else DINOv2's 2800)",
+    "partition": "SLURM partition (default: the profile's, else the cluster's default)",
+    "use_volta32": "DINOv2's flag for Meta's cluster: the same as --constraint volta32gb",
+    "eval_only": argparse.SUPPRESS,  # DINOv2's evaluation-only mode: not a training submission
+    "eval": argparse.SUPPRESS,
+}
+
+
+def clarify_inherited_help(parser: argparse.ArgumentParser) -> None:
+    """Replace the help of DINOv2's inherited arguments where it misleads here (Yacs syntax, no units)."""
+    for action in parser._actions:
+        if action.dest in INHERITED_HELP:
+            action.help = INHERITED_HELP[action.dest]
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """DINOv2's submit parser (with DINOv2's train parser as parent) plus account, qos, cpus, memory and profiles."""
     parser = get_submit_args_parser(
@@ -146,6 +169,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     # None marks "not given", so that the profile can fill it; DINOv2's defaults (8 GPUs, 2800 min) come last and
     # its partition guessed from `uname` is dropped (None: the cluster's default partition)
     parser.set_defaults(ngpus=None, timeout=None, partition=None)
+    parser.prog = "python -m dinov2_eqcoh.run.train"
+    clarify_inherited_help(parser)
     parser.add_argument("--account", default=None, help="SLURM account (budget) to charge")
     parser.add_argument("--qos", default=None, help="SLURM quality of service")
     parser.add_argument("--constraint", default=None, help="SLURM node features, e.g. 'volta32gb'")

@@ -123,7 +123,8 @@ def export_backbone(
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("dinov2_eqcoh.weights.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default=None, help="the run's config.yaml (default: found next to the checkpoint)")
-    parser.add_argument("--checkpoint", required=True, help="model_*.rank_0.pth, teacher_checkpoint.pth or a raw file")
+    parser.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True,
+                        help="model_*.rank_0.pth, teacher_checkpoint.pth or a raw file (--weights: the evaluations' name)")
     parser.add_argument("--output", required=True, help="the .pth file to write (hub) or the folder (timm, hf)")
     parser.add_argument("--format", default="hub", choices=("hub", "timm", "hf"),
                         help="hub: raw DINOv2 state dict (default); timm: folder for timm.create_model('local-dir:"

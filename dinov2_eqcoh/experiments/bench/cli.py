@@ -32,7 +32,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per model first (default: preset's)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="batch per step B (default: the preset's; vitl16 on a CPU: 2)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+    parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                        help="default: cuda when available (a GPU node), else cpu")
     parser.add_argument(
         "--amp", default=None, choices=("none", "bf16", "fp16"),
         help="autocast dtype of the steps (default: none on cpu, bf16 on cuda)",
@@ -53,6 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Fill the preset's defaults and reject impossible values with a message naming the option."""
     p = PRESETS[args.preset]
+    if args.device is None:  # a GPU node benchmarks its GPU unless told otherwise
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_size is None and args.device == "cpu" and p.cpu_batch_size:
         args.batch_size = p.cpu_batch_size  # passed on to the memory children too
     args.iters = p.iters if args.iters is None else args.iters
