@@ -16,7 +16,7 @@ STUDY_ARGS ?=
 LEARNED_OPTS := teacher.teacher_temp=0.01 teacher.warmup_teacher_temp=0.01
 PYTEST_ARGS ?=
 
-.PHONY: venv dinov2 test demo study study-learned lint bench clean
+.PHONY: venv dinov2 test demo demo-regime study study-learned lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: build/dinov2.stamp
 
 demo: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.demo --output-dir $(DEMO_OUT)
+
+# the three models where the decoders act (docs/mechanism_regime.md): 800 iterations each
+demo-regime: build/dinov2.stamp
+	$(PYTHON) -m dinov2_eqcoh.experiments.demo --preset regime --output-dir out/demo_regime
 
 study: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir $(STUDY_OUT) $(STUDY_ARGS)

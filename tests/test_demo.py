@@ -11,9 +11,13 @@ from omegaconf import OmegaConf
 @pytest.mark.slow
 def test_demo_writes_the_documented_report(tmp_path):
     out = tmp_path / "demo"
+    # the regime preset (decoder width 256, unmasked z_equi, 16 epochs) with the tiny budget given explicitly:
+    # a command-line override beats the preset
     proc = run([PYTHON, "-m", "dinov2_eqcoh.experiments.demo", "--output-dir", out, "--config-file", "configs/tiny/eqcoh_cpu.yaml",
-                "--eval-images", "60", "--class-images", "90", "--probe-epochs", "2", "--dense-scale", "0.05"],
-               timeout=600)
+                "--eval-images", "60", "--class-images", "90", "--probe-epochs", "2", "--dense-scale", "0.05",
+                "--preset", "regime", "optim.epochs=2"], timeout=600)
+    eqcoh_cfg = (out / "eqcoh" / "config.yaml").read_text()
+    assert "dim: 256" in eqcoh_cfg and "extra_unmasked_pass: true" in eqcoh_cfg and "epochs: 2" in eqcoh_cfg
     assert "report.md" in proc.stdout  # it says where the results are
     report = json.loads((out / "report.json").read_text())
     assert list(report["models"]) == ["dinov2", "dinov2_aug", "eqcoh"]

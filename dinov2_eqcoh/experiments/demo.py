@@ -14,7 +14,8 @@ training), and each run's DINO loss at the end is reported against its uniform-s
 invariance term learned anything?). Writes
 `report.md`, `report.json`, `r2_bars.png` and `reconstructions.png` into the output folder.
 
-    python -m dinov2_eqcoh.experiments.demo [--output-dir out/demo] [--config-file configs/demo/eqcoh_demo.yaml] [opts]
+    python -m dinov2_eqcoh.experiments.demo [--output-dir out/demo] [--preset quick|regime]
+        [--config-file configs/demo/eqcoh_demo.yaml] [opts]
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ DESCRIPTIONS = {
     "eqcoh": "DINOv2 + EqCoh (λ 1, K 2, SE(2))",
 }
 R2_TASKS = ("rot", "color", "blur", "trans", "se2")
+# budget presets, overrides for all three models: "quick" is the demo config as it is (200 iterations, decoder
+# width 64: the decoders do not act yet); "regime" is where they act (docs/mechanism_regime.md: width 256, z_equi
+# from an unmasked pass, 800 iterations; EqCoh's run took 17 min on 2 cores there)
+def _regime() -> list[str]:
+    from dinov2_eqcoh.experiments.regime import CHOSEN
+
+    return [*CHOSEN, "optim.epochs=16"]
+
+
+PRESETS = {"quick": [], "regime": _regime()}
 
 
 def train_model(name: str, config_file: Path, output_dir: Path, opts: list[str]) -> float:
@@ -278,6 +289,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="out/demo", help="where runs, report.md/json and PNGs go (default out/demo)")
     p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"))
     p.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                   help="quick: the demo config (200 iterations, about 15 min); regime: where the decoders act "
+                        "(width 256, unmasked z_equi, 800 iterations for all three models)")
     p.add_argument("--eval-images", type=int, default=3000, help="held-out images for the probes (2/3 fit, 1/3 score)")
     p.add_argument("--class-images", type=int, default=9000,
                    help="held-out images for k-NN and the linear probe (2/3 reference/fit, 1/3 score)")
@@ -325,7 +339,7 @@ def main(argv=None) -> int:
             train_seconds[name] = json.loads((output_dir / "report.json").read_text())["models"][name]["train_seconds"] \
                 if (output_dir / "report.json").exists() else float("nan")
             continue
-        train_seconds[name] = train_model(name, Path(args.config_file), output_dir, args.opts)
+        train_seconds[name] = train_model(name, Path(args.config_file), output_dir, [*PRESETS[args.preset], *args.opts])
     models = {}
     for name in names:
         models[name] = evaluate_model(name, output_dir / name, args)
@@ -362,7 +376,8 @@ def main(argv=None) -> int:
     report = {
         "models": models,
         "reference": reference,
-        "settings": {"config_file": args.config_file, "opts": args.opts, "features": args.features,
+        "settings": {"config_file": args.config_file, "preset": args.preset, "preset_opts": PRESETS[args.preset],
+                     "opts": args.opts, "features": args.features,
                      "eval_images": args.eval_images, "class_images": args.class_images,
                      "probe_epochs": args.probe_epochs},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
