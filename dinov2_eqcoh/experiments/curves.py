@@ -182,7 +182,9 @@ def fmt(key: str, v) -> str:
 
 def report(curves: dict) -> str:
     keys = [k for k, _, _ in PANELS]
-    lines = [f"# Learning curves ({curves['config']['config_file']} + {' '.join(curves['config']['regime'])})", "",
+    config = curves["config"]["config_file"]
+    config = config[len(str(REPO)) + 1:] if config.startswith(str(REPO) + "/") else config
+    lines = [f"# Learning curves ({config} + {' '.join(curves['config']['regime'])})", "",
              f"Command: `{curves['command']}`", "",
              f"Coverage: {curves['coverage']}", "",
              "| model | iteration | " + " | ".join(label for _, label, _ in PANELS) + " | diagnostics: D_k MSE (path) |",
@@ -208,7 +210,9 @@ def plot(curves: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.4))
+    cols = math.ceil(len(PANELS) / 2)
+    fig, grid = plt.subplots(2, cols, figsize=(4.2 * cols, 6.4), squeeze=False)
+    axes = list(grid.flat)
     for ax, (key, label, lower) in zip(axes, PANELS):
         for model, points in curves["models"].items():
             xs = sorted(int(p) for p in points)
