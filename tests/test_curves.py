@@ -55,6 +55,16 @@ def test_curves_train_probe_resume_and_refuse_another_configuration(tmp_path):
     assert "training" not in again.stdout and "resuming" not in again.stdout
     assert again.stdout.count("[curves] probing") == 1 and "probing eqcoh_2" in again.stdout
 
+    # the learned-invariance criterion on one of the runs: R²(rot) per probe seed, paired with the untrained backbone
+    crit = run([PYTHON, "-m", "dinov2_eqcoh.experiments.invariance_criterion", "--run-dir",
+                out / "runs" / "eqcoh_head_only", "--points", "2,8", "--probe-seeds", "0,1", "--images", "45",
+                "--epochs", "3"], timeout=600)
+    result = json.loads((out / "runs" / "eqcoh_head_only" / "invariance_criterion.json").read_text())
+    assert set(result["r2_rot_cls"]) == {"untrained", "2", "8"} and set(result["r2_rot_cls"]["8"]) == {"0", "1"}
+    d = result["by_point"]["8"]["untrained_minus_trained"]
+    assert d["n"] == 2
+    assert result["by_point"]["8"]["holds"] == (d["ci95"][0] > 0) and "wrote" in crit.stdout
+
     other = run([*cmd[:-1], "9"], check=False, timeout=120)  # --homography-pairs 9: another configuration
     assert other.returncode != 0 and "homography_pairs: 16 in the folder, 9 now" in other.stdout
 
