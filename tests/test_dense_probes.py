@@ -452,3 +452,32 @@ def test_without_matplotlib_the_numbers_are_written_and_the_picture_skipped(rand
         assert json.loads((out / f"{name}.json").read_text())["n_test"] == 4
         assert not (out / f"{name}.png").exists()
         assert f"{name}.png not drawn (matplotlib hidden by the test)" in proc.stdout
+
+
+def test_synthetic_shapes_colour_says_nothing_about_the_class():
+    """SyntheticShapes (issue 21): deterministic, exact labels for the six shapes and the background, and a pixel's
+    colour predicts its shape class no better than chance (mean colour per class is the same up to noise, and a
+    nearest-mean classifier on colour is near 1/6 on shape pixels), unlike the colour-coded SyntheticSeg."""
+    from dinov2_eqcoh.data.synthetic_dense import SHAPES, SyntheticShapes
+
+    ds = SyntheticShapes(n=120, size=48, seed=3)
+    a, b = ds.render(7), SyntheticShapes(n=120, size=48, seed=3).render(7)
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0])) and np.array_equal(a[1], b[1])
+    assert ds.num_classes == 1 + len(SHAPES) == 7 and ds.class_names[1] == "background"
+    pixels, labels = [], []
+    for i in range(len(ds)):
+        image, lab = ds.render(i)
+        pixels.append(np.asarray(image).reshape(-1, 3).astype(np.float64))
+        labels.append(lab.reshape(-1))
+    pixels, labels = np.concatenate(pixels), np.concatenate(labels)
+    assert set(np.unique(labels)) <= set(range(1, 8)) and (labels >= 2).mean() > 0.1
+    shape = labels >= 2
+    x, y = pixels[shape], labels[shape]
+    half = len(x) // 2
+    means = np.stack([x[:half][y[:half] == c].mean(0) for c in range(2, 8)])
+    pred = 2 + np.argmin(((x[half:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    assert abs((pred == y[half:]).mean() - 1 / 6) < 0.08, (pred == y[half:]).mean()
+    from dinov2_eqcoh.eval.segmentation import make_segmentation_datasets
+
+    train, test, classes, names = make_segmentation_datasets("SyntheticShapes:n=10", 32, 8, 2)
+    assert classes == 7 and test is None and train[0][0].shape == (3, 32, 32) and train[0][1].shape == (32, 32)

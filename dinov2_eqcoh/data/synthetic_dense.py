@@ -251,3 +251,86 @@ class SyntheticVideos:
             frames.append(img)
             masks.append(np.asarray(mask).copy())
         return self.names[int(index)], frames, masks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shapes whose colour says nothing (issue 21): segmentation classes defined by shape alone
+# ---------------------------------------------------------------------------------------------------------------
+
+SHAPES = ("disc", "square", "triangle", "cross", "ring", "bar")
+
+
+def _shape_polygons(kind: str, cx: float, cy: float, r: float, angle: float) -> list[list[tuple[float, float]]]:
+    """Polygons (outer first; a ring's inner hole second) of one shape of radius r, rotated by `angle` rad."""
+    def rot(points):
+        c, s = math.cos(angle), math.sin(angle)
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
+
+    if kind == "disc":
+        return [rot([(r * math.cos(t), r * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 40, endpoint=False)])]
+    if kind == "ring":
+        outer = [(r * math.cos(t), r * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 40, endpoint=False)]
+        return [rot(outer), rot([(0.55 * x, 0.55 * y) for x, y in outer])]
+    if kind == "square":
+        a = r / math.sqrt(2)
+        return [rot([(-a, -a), (a, -a), (a, a), (-a, a)])]
+    if kind == "triangle":
+        return [rot([(r * math.cos(t), r * math.sin(t)) for t in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)])]
+    if kind == "cross":
+        w = 0.3 * r
+        return [rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w),
+                     (-r, -w), (-w, -w)])]
+    if kind == "bar":
+        return [rot([(-r, -0.28 * r), (r, -0.28 * r), (r, 0.28 * r), (-r, 0.28 * r)])]
+    raise ValueError(f"unknown shape {kind!r}; allowed: {', '.join(SHAPES)}")
+
+
+class SyntheticShapes(torch.utils.data.Dataset):
+    """Segmentation that colour cannot solve (`SyntheticShapes:n=<images>:size=<px>:seed=<s>`).
+
+    Each image: a smooth random-colour texture as background, then 2-4 shapes (disc, square, triangle, cross, ring,
+    bar; radius 0.18-0.32 of the side, a few patch tokens across at the probes' 64 px, any rotation) each filled with its own uniformly random colour and a little
+    noise, drawn in random order (later ones occlude). Labels: 1 background, 2 + k shape k: `num_classes` = 7. Every
+    colour is drawn independently of the class, so a pixel's (or a patch's) colour says nothing about its label:
+    the class is in the outline. Items: (transform(image), (S, S) int64 labels); deterministic by (seed, index).
+    """
+
+    def __init__(self, n=500, size=64, seed=0, transform: Optional[Callable] = None):
+        if n < 1 or size < 8:
+            raise ValueError(f"SyntheticShapes: n={n} must be >= 1 and size={size} >= 8")
+        self.n, self.size, self.seed, self.transform = int(n), int(size), int(seed), transform
+        self.num_classes = 1 + len(SHAPES)
+        self.class_names = ["ignore", "background", *SHAPES]
+
+    def __len__(self):
+        return self.n
+
+    def render(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        s = self.size
+        rng = np.random.default_rng([self.seed, int(index), 21])
+        coarse = rng.uniform(0, 255, size=(4, 4, 3)).astype(np.uint8)  # smooth random-colour background
+        img = Image.fromarray(coarse).resize((s, s), Image.BICUBIC)
+        labels = Image.new("L", (s, s), 1)
+        draw, lab = ImageDraw.Draw(img), ImageDraw.Draw(labels)
+        for _ in range(int(rng.integers(2, 5))):
+            k = int(rng.integers(len(SHAPES)))
+            r = float(rng.uniform(0.18, 0.32)) * s
+            cx, cy = (float(v) * s for v in rng.uniform(0.2, 0.8, size=2))
+            polys = _shape_polygons(SHAPES[k], cx, cy, r, float(rng.uniform(0, 2 * math.pi)))
+            colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            before = (img.copy(), labels.copy()) if len(polys) > 1 else None
+            draw.polygon(polys[0], fill=colour)
+            lab.polygon(polys[0], fill=2 + k)
+            if before is not None:  # a ring's hole shows what lay below it
+                hole = Image.new("L", (s, s), 0)
+                ImageDraw.Draw(hole).polygon(polys[1], fill=255)
+                img.paste(before[0], mask=hole)
+                labels.paste(before[1], mask=hole)
+        arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, size=(s, s, 3))
+        return Image.fromarray(arr.clip(0, 255).astype(np.uint8)), np.asarray(labels).copy()
+
+    def __getitem__(self, index):
+        image, labels = self.render(int(index))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, torch.from_numpy(labels.astype(np.int64))

@@ -1,0 +1,85 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Can a dense task tell a trained backbone from raw pixels and an untrained one? (issue 21, part 2)
+
+Segmentation mIoU (`eval.segmentation`, linear probe on the patch tokens, 64 px) on the colour-coded built-in
+scenes (`SyntheticSeg`, where every class has its colours) and on `SyntheticShapes` (classes by shape, every
+instance's colour random), for the references (raw pixels, the untrained backbone of a config's architecture) and
+trained backbones given by path. Instruments are judged on these rows only: raw pixels and untrained below a trained
+baseline is the target; EqCoh checkpoints are not probed here.
+
+    python -m dinov2_eqcoh.experiments.dense_headroom --output-dir docs/dense_headroom \\
+        --weights dinov2_aug_800=out/curves/runs/dinov2_aug/eval/training_799/teacher_checkpoint.pth ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+DATASETS = {"SyntheticSeg": "colour-coded scenes (a class has its colours)",
+            "SyntheticShapes": "shapes, colour random per instance"}
+
+
+def main(argv=None) -> int:
+    from dinov2.models import build_model_from_cfg
+
+    from dinov2_eqcoh.eval.dense import DEFAULT_SIZE
+    from dinov2_eqcoh.eval.features import RawPixels
+    from dinov2_eqcoh.eval.segmentation import evaluate_segmentation, make_segmentation_datasets
+    from dinov2_eqcoh.experiments.regime import CHOSEN
+    from dinov2_eqcoh.method.config import load_config
+    from dinov2_eqcoh.weights.checkpoints import load_backbone
+
+    p = argparse.ArgumentParser("dinov2_eqcoh.experiments.dense_headroom", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output-dir", default="out/dense_headroom")
+    p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"),
+                   help="architecture of the untrained reference (with the mechanism regime's overrides)")
+    p.add_argument("--n-train", type=int, default=600)
+    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument("--weights", nargs="*", default=[], help="name=checkpoint of trained baselines")
+    args = p.parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(args.config_file, list(CHOSEN))
+    torch.manual_seed(0)
+    makers = {"raw_pixels": lambda: RawPixels(int(cfg.student.patch_size)),
+              "untrained": lambda: build_model_from_cfg(cfg, only_teacher=True)[0]}
+    for spec in args.weights:
+        name, _, path = spec.partition("=")
+        makers[name] = lambda path=path: load_backbone(path)[0]
+    results = {"command": " ".join(["python -m dinov2_eqcoh.experiments.dense_headroom",
+                                    *(argv if argv is not None else sys.argv[1:])]),
+               "size": DEFAULT_SIZE, "n_train": args.n_train, "n_test": args.n_test, "miou": {}}
+    for name, make in makers.items():
+        backbone = make()
+        for dataset in DATASETS:
+            t0 = time.time()
+            train, test, classes, names = make_segmentation_datasets(
+                f"{dataset}:n={args.n_train + args.n_test}", DEFAULT_SIZE, args.n_train, args.n_test)
+            r = evaluate_segmentation(backbone, train, n_train=args.n_train, n_test=args.n_test, num_classes=classes,
+                                      test_dataset=test, seed=0, class_names=names)
+            results["miou"].setdefault(name, {})[dataset] = {"miou": r["miou"], "pixel_acc": r["pixel_acc"],
+                                                             "seconds": time.time() - t0}
+            print(f"[dense_headroom] {name} {dataset}: mIoU {r['miou']:.3f}", flush=True)
+            (out / "dense_headroom.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = ["# Dense headroom: segmentation mIoU, colour-coded scenes vs shapes of random colour", "",
+             f"Command: `{results['command']}`", "",
+             f"Linear probe on the patch tokens at {DEFAULT_SIZE} px, {args.n_train} images fit, {args.n_test} "
+             "scored (data seed 1, probe seed 0); one fit per cell, no interval.", "",
+             "| backbone | " + " | ".join(f"{d}: {desc}" for d, desc in DATASETS.items()) + " |",
+             "|---|" + "---|" * len(DATASETS)]
+    for name, by in results["miou"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{by[d]['miou']:.3f}" for d in DATASETS) + " |")
+    (out / "dense_headroom.md").write_text("\n".join(lines) + "\n")
+    print(f"[dense_headroom] wrote {out / 'dense_headroom.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
