@@ -481,3 +481,20 @@ def test_synthetic_shapes_colour_says_nothing_about_the_class():
 
     train, test, classes, names = make_segmentation_datasets("SyntheticShapes:n=10", 32, 8, 2)
     assert classes == 7 and test is None and train[0][0].shape == (3, 32, 32) and train[0][1].shape == (32, 32)
+
+
+def test_synthetic_textures_label_every_pixel_by_its_region_texture():
+    from dinov2_eqcoh.data.synthetic_dense import TEXTURES, SyntheticTextures
+
+    ds = SyntheticTextures(n=40, size=48, seed=2)
+    counts = np.zeros(len(TEXTURES) + 1)
+    colour_by_class = {k: [] for k in range(1, len(TEXTURES) + 1)}
+    for i in range(len(ds)):
+        image, labels = ds.render(i)
+        assert labels.min() >= 1 and labels.max() <= len(TEXTURES)  # every pixel has a texture class
+        counts += np.bincount(labels.ravel(), minlength=len(TEXTURES) + 1)
+        for k in np.unique(labels):
+            colour_by_class[int(k)].append(np.asarray(image)[labels == k].mean(0))
+    assert (counts[1:] > 0).all()  # every texture occurs
+    means = np.stack([np.mean(v, 0) for v in colour_by_class.values()])
+    assert np.ptp(means, axis=0).max() < 60  # no class has its own colour (means of random colours, ~127 each)

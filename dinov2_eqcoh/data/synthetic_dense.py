@@ -334,3 +334,76 @@ class SyntheticShapes(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.from_numpy(labels.astype(np.int64))
+
+
+TEXTURES = ("stripes_h", "stripes_v", "stripes_d", "checker", "dots", "noise")
+
+
+def _texture(kind: str, s: int, rng: np.random.Generator) -> np.ndarray:
+    """(s, s) values in [0, 1] of one texture with random period (4-8 px) and phase."""
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
+    period, phase = float(rng.uniform(4, 8)), float(rng.uniform(0, 2 * math.pi))
+    w = 2 * math.pi / period
+    if kind == "stripes_h":
+        return 0.5 + 0.5 * np.sign(np.sin(w * yy + phase))
+    if kind == "stripes_v":
+        return 0.5 + 0.5 * np.sign(np.sin(w * xx + phase))
+    if kind == "stripes_d":
+        return 0.5 + 0.5 * np.sign(np.sin(w * (xx + yy) / math.sqrt(2) + phase))
+    if kind == "checker":
+        return 0.5 + 0.5 * np.sign(np.sin(w * xx + phase) * np.sin(w * yy + phase))
+    if kind == "dots":
+        return ((np.sin(w * xx + phase) > 0.6) & (np.sin(w * yy + phase) > 0.6)).astype(np.float64)
+    if kind == "noise":
+        return (rng.uniform(size=(s, s)) > 0.5).astype(np.float64)
+    raise ValueError(f"unknown texture {kind!r}; allowed: {', '.join(TEXTURES)}")
+
+
+class SyntheticTextures(torch.utils.data.Dataset):
+    """Segmentation by texture, colour random (`SyntheticTextures:n=<images>:size=<px>:seed=<s>`).
+
+    Each image: a background texture and 2-3 large shapes (radius 0.2-0.35 of the side) each with its own texture,
+    one of six (horizontal, vertical, diagonal stripes, checker, dots, binary noise; period 4-8 px, random phase),
+    painted in two uniformly random colours. Every pixel's label is the texture class of its region (1 + k,
+    `num_classes` = 6): no background majority, and neither a colour nor a single pixel says the class; a region's
+    texture does, within a patch token.
+    """
+
+    def __init__(self, n=500, size=64, seed=0, transform: Optional[Callable] = None):
+        if n < 1 or size < 8:
+            raise ValueError(f"SyntheticTextures: n={n} must be >= 1 and size={size} >= 8")
+        self.n, self.size, self.seed, self.transform = int(n), int(size), int(seed), transform
+        self.num_classes = len(TEXTURES)
+        self.class_names = ["ignore", *TEXTURES]
+
+    def __len__(self):
+        return self.n
+
+    def render(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        s = self.size
+        rng = np.random.default_rng([self.seed, int(index), 22])
+        image = np.zeros((s, s, 3))
+        labels = np.zeros((s, s), np.uint8)
+        regions = [np.ones((s, s), bool)]
+        kinds = [int(rng.integers(len(TEXTURES)))]
+        for _ in range(int(rng.integers(2, 4))):
+            mask = Image.new("L", (s, s), 0)
+            cx, cy = (float(v) * s for v in rng.uniform(0.2, 0.8, size=2))
+            poly = _shape_polygons(SHAPES[int(rng.integers(len(SHAPES) - 2))], cx, cy,
+                                   float(rng.uniform(0.2, 0.35)) * s, float(rng.uniform(0, 2 * math.pi)))[0]
+            ImageDraw.Draw(mask).polygon(poly, fill=255)
+            regions.append(np.asarray(mask) > 0)
+            kinds.append(int(rng.integers(len(TEXTURES))))
+        for region, k in zip(regions, kinds):
+            t = _texture(TEXTURES[k], s, rng)[..., None]
+            a, b = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+            image[region] = (t * a + (1 - t) * b)[region]
+            labels[region] = 1 + k
+        image += rng.normal(0, 6, size=image.shape)
+        return Image.fromarray(image.clip(0, 255).astype(np.uint8)), labels
+
+    def __getitem__(self, index):
+        image, labels = self.render(int(index))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, torch.from_numpy(labels.astype(np.int64))

@@ -155,6 +155,7 @@ class ADE20KFolder(torch.utils.data.Dataset):
 DATASETS = {
     "SyntheticSeg": {"n": int, "size": int, "classes": int, "seed": int},
     "SyntheticShapes": {"n": int, "size": int, "seed": int},
+    "SyntheticTextures": {"n": int, "size": int, "seed": int},
     "ADE20K": {"root": str, "classes": int},
 }
 
@@ -168,10 +169,10 @@ def make_segmentation_datasets(spec: str, size: int, n_train: int, n_test: int):
         classes = kwargs.get("classes", 150)
         return (ADE20KFolder(kwargs["root"], "training", size, classes),
                 ADE20KFolder(kwargs["root"], "validation", size, classes), classes, None)
-    from dinov2_eqcoh.data.synthetic_dense import SyntheticSegmentation, SyntheticShapes
+    from dinov2_eqcoh.data.synthetic_dense import SyntheticSegmentation, SyntheticShapes, SyntheticTextures
 
-    if name == "SyntheticShapes":  # classes by shape, colours random per instance (colour cannot solve it)
-        ds = SyntheticShapes(**{"n": n_train + n_test, "size": size, "seed": 1, **kwargs}, transform=to_normalised_tensor)
+    if name in ("SyntheticShapes", "SyntheticTextures"):  # classes by shape / texture, colours random per instance
+        ds = (SyntheticShapes if name == "SyntheticShapes" else SyntheticTextures)(**{"n": n_train + n_test, "size": size, "seed": 1, **kwargs}, transform=to_normalised_tensor)
         if ds.size != size:
             raise ValueError(f"--dataset {spec}: size={ds.size} differs from the probe size {size} (--image-size)")
         return ds, None, ds.num_classes, ds.class_names

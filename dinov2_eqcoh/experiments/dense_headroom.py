@@ -2,8 +2,8 @@
 """Can a dense task tell a trained backbone from raw pixels and an untrained one? (issue 21, part 2)
 
 Segmentation mIoU (`eval.segmentation`, linear probe on the patch tokens, 64 px) on the colour-coded built-in
-scenes (`SyntheticSeg`, where every class has its colours) and on `SyntheticShapes` (classes by shape, every
-instance's colour random), for the references (raw pixels, the untrained backbone of a config's architecture) and
+scenes (`SyntheticSeg`, where every class has its colours), on `SyntheticShapes` (classes by shape, every
+instance's colour random) and on `SyntheticTextures` (classes by texture, colours and phase random), for the references (raw pixels, the untrained backbone of a config's architecture) and
 trained backbones given by path. Instruments are judged on these rows only: raw pixels and untrained below a trained
 baseline is the target; EqCoh checkpoints are not probed here.
 
@@ -23,7 +23,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = {"SyntheticSeg": "colour-coded scenes (a class has its colours)",
-            "SyntheticShapes": "shapes, colour random per instance"}
+            "SyntheticShapes": "shapes, colour random per instance",
+            "SyntheticTextures": "textures, colours and phase random per region"}
 
 
 def main(argv=None) -> int:
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
                                                              "seconds": time.time() - t0}
             print(f"[dense_headroom] {name} {dataset}: mIoU {r['miou']:.3f}", flush=True)
             (out / "dense_headroom.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = ["# Dense headroom: segmentation mIoU, colour-coded scenes vs shapes of random colour", "",
+    lines = ["# Dense headroom: segmentation mIoU, colour-coded scenes vs shapes and textures of random colour", "",
              f"Command: `{results['command']}`", "",
              f"Linear probe on the patch tokens at {DEFAULT_SIZE} px, {args.n_train} images fit, {args.n_test} "
              "scored (data seed 1, probe seed 0); one fit per cell, no interval.", "",
