@@ -32,6 +32,24 @@ def test_plot_cli_draws_training_curves_and_diagnostics(tiny_eqcoh_run):
     assert keys[0] == "total_loss" and "eqcoh_recon_loss" in keys and not any("diag" in k for k in keys)
 
 
+@pytest.mark.slow
+def test_tensorboard_scalars_are_every_logged_number_at_its_iteration(tiny_eqcoh_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dinov2_eqcoh.eval.training_curves import read_metrics
+
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.plot", tiny_eqcoh_run, "--tensorboard"], timeout=300)
+    assert "wrote TensorBoard scalars up to iteration 11" in proc.stdout
+    acc = EventAccumulator(str(tiny_eqcoh_run / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"losses/total_loss", "losses/eqcoh_recon_loss", "schedules/lr", "eqcoh_diag/eqcoh_diag_k1_path"} <= tags
+    records = read_metrics(tiny_eqcoh_run)
+    events = acc.Scalars("losses/total_loss")
+    assert [e.step for e in events] == [r["iteration"] for r in records]
+    assert [round(e.value, 5) for e in events] == [round(r["total_loss"], 5) for r in records]
+
+
 def test_plot_cli_names_a_folder_without_metrics_and_a_broken_line(tmp_path):
     proc = run([PYTHON, "-m", "dinov2_eqcoh.plot", tmp_path], check=False, timeout=120)
     assert proc.returncode == 2 and "training_metrics.json does not exist" in proc.stdout

@@ -6,8 +6,10 @@
 Draws, against iterations: every loss term (DINOv2's and `eqcoh_recon_loss`), the schedules (lr, wd, teacher
 momentum), DINOv2's image-level DINO term over ln K (K = `dino.head_n_prototypes` of the run's config: 1 = the
 uniform solution, the term carries no information), and, for an EqCoh run, the decoders' diagnostics
-(`eval.reconstruction.plot_training_diagnostics`, a second picture). Nothing is written into the run folder unless
-`--output` points there; by default `<run-dir>/plots/`.
+(`eval.reconstruction.plot_training_diagnostics`, a second picture), into `<run-dir>/plots/` (or `--output`).
+`--tensorboard` also writes every logged number as TensorBoard scalars to `<run-dir>/tensorboard` (losses,
+schedules, the decoders' diagnostics, timing), and `--follow S` keeps adding new records every S seconds while the
+run trains: TensorBoard without touching DINOv2's loop.
 """
 
 from __future__ import annotations
@@ -84,10 +86,41 @@ def plot_training_curves(records: list[dict], path: str | Path, n_prototypes: in
     plt.close(fig)
 
 
+def write_tensorboard(records: list[dict], logdir: str | Path, since: int = -1) -> int:
+    """Every number of every record after iteration `since` as a TensorBoard scalar (tag = the metric's name,
+    grouped: losses, schedules, eqcoh_diag/...), at its iteration; returns the last iteration written (or `since`).
+    Needs the `tensorboard` package (`pip install tensorboard`)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(logdir))
+    last = since
+    try:
+        for r in records:
+            it = int(r["iteration"])
+            if it <= since:
+                continue
+            for key, value in r.items():
+                if key == "iteration" or not isinstance(value, (int, float)):
+                    continue
+                group = ("schedules" if key in SCHEDULES or key == "last_layer_lr" else
+                         "eqcoh_diag" if key.startswith("eqcoh_diag_") else
+                         "timing" if key in ("iter_time", "data_time") else "losses")
+                writer.add_scalar(f"{group}/{key}", float(value), it)
+            last = it
+    finally:
+        writer.close()
+    return last
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m dinov2_eqcoh.plot", description="Training curves of a run folder.")
     p.add_argument("run_dir", help="a DINOv2 run folder (holds training_metrics.json and config.yaml)")
     p.add_argument("--output", default=None, help="the PNG to write (default: <run-dir>/plots/training_curves.png)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write every logged number as TensorBoard scalars to <run-dir>/tensorboard "
+                        "(`tensorboard --logdir <run-dir>/tensorboard`; needs the tensorboard package)")
+    p.add_argument("--follow", type=float, default=None, metavar="SECONDS",
+                   help="with --tensorboard: keep adding new records every SECONDS while the run trains (Ctrl-C ends)")
     return p
 
 
@@ -116,6 +149,19 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     print(f"wrote {out}")
+    if args.tensorboard:
+        logdir = run_dir / "tensorboard"
+        try:
+            last = write_tensorboard(records, logdir)
+        except ImportError as e:
+            print(f"error: --tensorboard needs the tensorboard package ({e}): pip install tensorboard", file=sys.stderr)
+            return 2
+        print(f"wrote TensorBoard scalars up to iteration {last} to {logdir}")
+        while args.follow:
+            import time
+
+            time.sleep(args.follow)
+            last = write_tensorboard(read_metrics(run_dir), logdir, since=last)
     diag = out.with_name(out.stem.replace("training_curves", "training_diagnostics") + out.suffix)
     if diag != out and plot_training_diagnostics(training_records(run_dir), diag,
                                                  f"{run_dir.name}: decoders' diagnostics"):
