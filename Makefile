@@ -16,7 +16,7 @@ STUDY_ARGS ?=
 LEARNED_OPTS := teacher.teacher_temp=0.01 teacher.warmup_teacher_temp=0.01
 PYTEST_ARGS ?=
 
-.PHONY: venv dinov2 test demo demo-regime study study-learned lint bench clean
+.PHONY: venv dinov2 test demo demo-regime study study-learned study-regime lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -48,6 +48,13 @@ study: build/dinov2.stamp
 
 study-learned: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_learned --title "learned-invariance regime" $(STUDY_ARGS) $(LEARNED_OPTS)
+
+# issue 29 part 5: the study where the decoders act (docs/mechanism_regime.md): 800 iterations, five models, 3 seeds
+# (about 3 h on 2 cores; resumable: rerun the same command)
+REGIME_OPTS := eqcoh.decoder.dim=256 eqcoh.extra_unmasked_pass=true
+study-regime: build/dinov2.stamp
+	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_regime --title "mechanism regime (800 iterations)" \
+		--models dinov2,dinov2_aug,eqcoh,eqcoh_k1,eqcoh_head_only --budget 4 $(STUDY_ARGS) $(REGIME_OPTS)
 
 bench: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.bench
