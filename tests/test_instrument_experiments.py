@@ -24,10 +24,26 @@ def test_fill_leak_compares_filled_and_fill_free_on_the_same_content(tmp_path):
 def test_dense_headroom_probes_every_backbone_on_every_dataset(tmp_path):
     out = tmp_path / "dense"
     run([PYTHON, "-m", "dinov2_eqcoh.experiments.dense_headroom", "--output-dir", out, "--config-file", TINY,
-         "--n-train", "8", "--n-test", "4"], timeout=600)
+         "--n-train", "8", "--n-test", "4", "--photometric", "0,1"], timeout=600)
     result = json.loads((out / "dense_headroom.json").read_text())
+    assert set(result["jf"]) == {"raw_pixels", "untrained"} and set(result["jf"]["raw_pixels"]) == {"0", "1"}
+    assert "photometric 1" in (out / "dense_headroom.md").read_text()
     assert set(result["miou"]) == {"raw_pixels", "untrained"}
     for by in result["miou"].values():
         assert set(by) == {"SyntheticSeg", "SyntheticShapes", "SyntheticTextures"}
         assert all(0 <= v["miou"] <= 1 for v in by.values())
     assert "| raw_pixels |" in (out / "dense_headroom.md").read_text()
+
+
+def test_photometric_videos_drift_in_colour_and_keep_their_masks():
+    import numpy as np
+
+    from dinov2_eqcoh.data.synthetic_dense import SyntheticVideos
+
+    plain = SyntheticVideos(n=2, frames=5, size=32, seed=1).sequence(1)
+    drift = SyntheticVideos(n=2, frames=5, size=32, seed=1, photometric=1.0).sequence(1)
+    assert all(np.array_equal(a, b) for a, b in zip(plain[2], drift[2]))  # the same masks
+    assert np.array_equal(np.asarray(plain[1][0]), np.asarray(drift[1][0]))  # frame 0 untouched
+    first, last = (np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() for a, b in
+                   ((plain[1][1], drift[1][1]), (plain[1][-1], drift[1][-1])))
+    assert 0 < first < last  # the drift grows over the video

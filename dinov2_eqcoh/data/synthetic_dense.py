@@ -192,12 +192,18 @@ class SyntheticVideos:
 
     MIN_VISIBLE = 0.4
 
-    def __init__(self, n=8, frames=12, size=64, classes=10, seed=0):
+    def __init__(self, n=8, frames=12, size=64, classes=10, seed=0, photometric: float = 0.0):
         if n < 1 or frames < 3 or size < 16:
             raise ValueError(f"SyntheticVideo: need n >= 1, frames >= 3 (DAVIS scores frames 1..T-2), size >= 16; got "
                              f"n={n}, frames={frames}, size={size}")
+        if not 0.0 <= photometric <= 1.0:
+            raise ValueError(f"SyntheticVideo: photometric={photometric} must lie in 0..1")
         SyntheticGlyphs(n=n, size=size, classes=classes, seed=seed)
         self.n, self.frames, self.size, self.classes, self.seed = int(n), int(frames), int(size), int(classes), int(seed)
+        # issue 21: illumination / colour drift over each video (0 = none): by the last frame every channel is scaled
+        # by a factor in [1 - p, 1 + p] and shifted by up to ±p/2 of the range, drawn per video; frame t gets t/(T-1)
+        # of it. Raw-pixel matching across frames suffers, features invariant to colour jitter need not
+        self.photometric = float(photometric)
         self.names = [f"synthetic{i:03d}" for i in range(self.n)]
 
     def __len__(self):
@@ -250,6 +256,12 @@ class SyntheticVideos:
             draw_glyph(draws, g2, s, [None, 2])
             frames.append(img)
             masks.append(np.asarray(mask).copy())
+        if self.photometric > 0:
+            rng = np.random.default_rng([self.seed, int(index), 3])
+            p = self.photometric
+            gain, shift = rng.uniform(1 - p, 1 + p, 3), rng.uniform(-p / 2, p / 2, 3) * 255
+            frames = [Image.fromarray((np.asarray(f, np.float64) * (1 + t * (gain - 1)) + t * shift).clip(0, 255)
+                                      .astype(np.uint8)) for t, f in zip(np.linspace(0, 1, len(frames)), frames)]
         return self.names[int(index)], frames, masks
 
 

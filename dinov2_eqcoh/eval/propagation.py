@@ -400,7 +400,7 @@ class DavisFolder:
 
 
 DATASETS = {
-    "SyntheticVideo": {"n": int, "frames": int, "size": int, "classes": int, "seed": int},
+    "SyntheticVideo": {"n": int, "frames": int, "size": int, "classes": int, "seed": int, "photometric": float},
     "DAVIS": {"root": str, "resolution": str, "sequences": str},
 }
 

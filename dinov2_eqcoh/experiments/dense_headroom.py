@@ -44,7 +44,12 @@ def main(argv=None) -> int:
     p.add_argument("--n-train", type=int, default=600)
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--weights", nargs="*", default=[], help="name=checkpoint of trained baselines")
+    p.add_argument("--tasks", default="seg,prop", help="seg (segmentation), prop (label propagation), or both")
+    p.add_argument("--photometric", default="0,0.6,1", help="propagation: colour drift levels of the videos")
     args = p.parse_args(argv)
+    tasks = {t.strip() for t in args.tasks.split(",") if t.strip()}
+    if not tasks or tasks - {"seg", "prop"}:
+        raise SystemExit(f"--tasks {args.tasks!r}: seg, prop or both")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(args.config_file, list(CHOSEN))
@@ -54,12 +59,26 @@ def main(argv=None) -> int:
     for spec in args.weights:
         name, _, path = spec.partition("=")
         makers[name] = lambda path=path: load_backbone(path)[0]
-    results = {"command": " ".join(["python -m dinov2_eqcoh.experiments.dense_headroom",
-                                    *(argv if argv is not None else sys.argv[1:])]),
-               "size": DEFAULT_SIZE, "n_train": args.n_train, "n_test": args.n_test, "miou": {}}
+    command = " ".join(["python -m dinov2_eqcoh.experiments.dense_headroom", *(argv if argv is not None else sys.argv[1:])])
+    path = out / "dense_headroom.json"
+    results = json.loads(path.read_text()) if path.exists() else {}  # another --tasks run into the same folder
+    results.update({"size": DEFAULT_SIZE, "n_train": args.n_train, "n_test": args.n_test})
+    results.setdefault("commands", {}).update({t: command for t in tasks})
+    results.setdefault("miou", {})
+    results.setdefault("jf", {})
+    levels = [float(x) for x in args.photometric.split(",")]
     for name, make in makers.items():
         backbone = make()
-        for dataset in DATASETS:
+        for level in levels if "prop" in tasks else []:
+            from dinov2_eqcoh.data.synthetic_dense import SyntheticVideos
+            from dinov2_eqcoh.eval.propagation import evaluate_propagation
+
+            r = evaluate_propagation(backbone, SyntheticVideos(n=8, frames=12, size=DEFAULT_SIZE, seed=1,
+                                                               photometric=level), size=DEFAULT_SIZE)
+            results["jf"].setdefault(name, {})[f"{level:g}"] = r["jf_mean"]
+            print(f"[dense_headroom] {name} propagation, photometric {level:g}: J&F {r['jf_mean']:.3f}", flush=True)
+            path.write_text(json.dumps(results, indent=1) + "\n")
+        for dataset in DATASETS if "seg" in tasks else []:
             t0 = time.time()
             train, test, classes, names = make_segmentation_datasets(
                 f"{dataset}:n={args.n_train + args.n_test}", DEFAULT_SIZE, args.n_train, args.n_test)
@@ -68,15 +87,31 @@ def main(argv=None) -> int:
             results["miou"].setdefault(name, {})[dataset] = {"miou": r["miou"], "pixel_acc": r["pixel_acc"],
                                                              "seconds": time.time() - t0}
             print(f"[dense_headroom] {name} {dataset}: mIoU {r['miou']:.3f}", flush=True)
-            (out / "dense_headroom.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = ["# Dense headroom: segmentation mIoU, colour-coded scenes vs shapes and textures of random colour", "",
-             f"Command: `{results['command']}`", "",
-             f"Linear probe on the patch tokens at {DEFAULT_SIZE} px, {args.n_train} images fit, {args.n_test} "
-             "scored (data seed 1, probe seed 0); one fit per cell, no interval.", "",
-             "| backbone | " + " | ".join(f"{d}: {desc}" for d, desc in DATASETS.items()) + " |",
-             "|---|" + "---|" * len(DATASETS)]
-    for name, by in results["miou"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{by[d]['miou']:.3f}" for d in DATASETS) + " |")
+            path.write_text(json.dumps(results, indent=1) + "\n")
+    lines = ["# Dense headroom: can a dense task tell trained from raw pixels and untrained?", ""]
+    if results["miou"]:
+        lines += ["## Segmentation mIoU: colour-coded scenes vs shapes and textures of random colour", "",
+                  f"Command: `{results['commands'].get('seg', '')}`", "",
+                  f"Linear probe on the patch tokens at {DEFAULT_SIZE} px, {results['n_train']} images fit, "
+                  f"{results['n_test']} scored (data seed 1, probe seed 0); one fit per cell, no interval.", "",
+                  "| backbone | " + " | ".join(f"{d}: {desc}" for d, desc in DATASETS.items()) + " |",
+                  "|---|" + "---|" * len(DATASETS)]
+        for name, by in results["miou"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{by[d]['miou']:.3f}" if d in by else "–" for d in DATASETS)
+                         + " |")
+        lines.append("")
+    if results["jf"]:
+        levels_seen = sorted({lv for by in results["jf"].values() for lv in by}, key=float)
+        lines += ["## Label propagation J&F on the built-in videos, with colour drift over each video", "",
+                  f"Command: `{results['commands'].get('prop', '')}`", "",
+                  f"DINO's label propagation at {DEFAULT_SIZE} px on 8 videos of 12 frames (data seed 1); "
+                  "'photometric p': by the last frame each channel is scaled by a factor in [1 - p, 1 + p] and "
+                  "shifted by up to ±p/2 of the range (`SyntheticVideos(photometric=p)`).", "",
+                  "| backbone | " + " | ".join(f"photometric {lv}" for lv in levels_seen) + " |",
+                  "|---|" + "---|" * len(levels_seen)]
+        for name, by in results["jf"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{by[lv]:.3f}" if lv in by else "–" for lv in levels_seen)
+                         + " |")
     (out / "dense_headroom.md").write_text("\n".join(lines) + "\n")
     print(f"[dense_headroom] wrote {out / 'dense_headroom.md'}", flush=True)
     return 0
