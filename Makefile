@@ -1,5 +1,5 @@
 # dinov2-eqcoh: every target does its own set-up on a fresh machine.
-#   make test      venv + dependencies + patched DINOv2, then the test suite (CPU, ~8 min on 2 cores)
+#   make test      venv + dependencies + patched DINOv2, then the test suite (CPU, ~12 min on 2 cores)
 #   make demo      the main job: three models on the built-in dataset, probes, report in out/demo/
 #   make study     training seeds x models with paired 95 % intervals (dinov2_eqcoh.experiments.study), out/study/
 #   make dinov2    (re)install DINOv2 at the pin with patches/ applied; DINOV2_SRC=<git URL or local clone>
