@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 
 from dinov2_eqcoh.experiments.regime import CHOSEN, logged_train_seconds
 from dinov2_eqcoh.experiments.study import MODELS as STUDY_MODELS
-from dinov2_eqcoh.experiments.study import check_identity, get_metric
+from dinov2_eqcoh.experiments.study import check_identity, get_metric, run_logged
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/demo/eqcoh_demo.yaml"
@@ -72,17 +71,16 @@ def train(model: str, run_dir: Path, args, epochs: int, period: int) -> None:
     print(f"[curves] {state} {model}: {' '.join(cmd[3:])}", flush=True)
     log_path = run_dir.parent / f"{model}.train.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write("command: " + " ".join(cmd[1:]) + "\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                env={"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"})
-        for line in proc.stdout:
-            log.write(line)
-            if "Training  [" in line and "eta: " in line:
-                it = line.split("Training  ")[1].split("]")[0].strip("[ ")
-                print(f"[curves]   {model} [{it}] eta {line.split('eta: ')[1].split()[0]}", flush=True)
-        if proc.wait() != 0:
-            raise SystemExit(f"[curves] training {model} failed (exit {proc.returncode}); see {log_path}")
+
+    def report(line: str) -> str | None:
+        if "Training  [" not in line or "eta: " not in line:
+            return None
+        it = line.split("Training  ")[1].split("]")[0].strip("[ ")
+        return f"[curves]   {model} [{it}] eta {line.split('eta: ')[1].split()[0]}"
+
+    rc = run_logged(cmd, log_path, report, mode="a")  # appended: a resumed run keeps its earlier segments' log
+    if rc != 0:
+        raise SystemExit(f"[curves] training {model} failed (exit {rc}); see {log_path}")
 
 
 def teacher_at(run_dir: Path, point: int) -> Path:

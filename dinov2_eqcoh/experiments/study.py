@@ -165,6 +165,22 @@ def run_name(model: str, seed: int) -> str:
     return f"{model}_s{seed}"
 
 
+def run_logged(cmd: list[str], log_path: Path, report, mode: str = "w") -> int:
+    """Run a training command in the repository with one intra-op thread (the data worker has the other core),
+    every output line into `log_path` after a `command:` line, and print what `report(line)` returns for a line
+    (None: nothing). Returns the exit code."""
+    with open(log_path, mode) as log:
+        log.write("command: " + " ".join(cmd[1:]) + "\n")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                env={"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"})
+        for line in proc.stdout:
+            log.write(line)
+            message = report(line)
+            if message:
+                print(message, flush=True)
+        return proc.wait()
+
+
 def train_run(model: str, seed: int, args, epochs: int, iterations: int, output_dir: Path, progress: str) -> float:
     """One DINOv2 training run in a subprocess; returns its wall time. A folder left by an interrupted run is
     removed first (it lost at most this run)."""
@@ -180,18 +196,15 @@ def train_run(model: str, seed: int, args, epochs: int, iterations: int, output_
           flush=True)
     start = time.time()
     log_path = output_dir / "runs" / f"{name}.train.log"
-    with open(log_path, "w") as log:
-        log.write("command: " + " ".join(cmd[1:]) + "\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                env={"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"})
-        for line in proc.stdout:
-            log.write(line)
-            if "Training  [" in line and "eta: " in line:
-                it = line.split("Training  ")[1].split("]")[0].strip("[ ") + "]"
-                loss = line.split("total_loss: ")[1].split(" (")[0] if "total_loss: " in line else "?"
-                print(f"[study]   {name} [{it} total_loss {loss} eta {line.split('eta: ')[1].split()[0]}",
-                      flush=True)
-        rc = proc.wait()
+
+    def report(line: str) -> str | None:
+        if "Training  [" not in line or "eta: " not in line:
+            return None
+        it = line.split("Training  ")[1].split("]")[0].strip("[ ") + "]"
+        loss = line.split("total_loss: ")[1].split(" (")[0] if "total_loss: " in line else "?"
+        return f"[study]   {name} [{it} total_loss {loss} eta {line.split('eta: ')[1].split()[0]}"
+
+    rc = run_logged(cmd, log_path, report)
     if rc != 0:
         raise SystemExit(f"[study] training {name} failed (exit {rc}); see {log_path}")
     seconds = time.time() - start

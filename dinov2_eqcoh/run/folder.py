@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dinov2_eqcoh.run.recover import damage, newest_readable, recover
+from dinov2_eqcoh.run.recover import damage, newest_readable, recover, tagged_checkpoint  # noqa: F401 - API
 from dinov2_eqcoh.weights.files import atomic_output
 from dinov2_eqcoh.weights.run_config import (  # noqa: F401 - names of this module before the split
     _EVAL_DIR,
@@ -154,14 +154,6 @@ def trained_world_size(output_dir: str | os.PathLike) -> int:
     ranks = [int(p.name.rsplit("_", 1)[1]) for p in Path(output_dir).glob("last_checkpoint.rank_*")
              if p.name.rsplit("_", 1)[1].isdigit()]
     return max(ranks) + 1 if ranks else 0
-
-
-def tagged_checkpoint(output_dir: str | os.PathLike, rank: int = 0) -> Path | None:
-    """The file `last_checkpoint.rank_<rank>` names (what DINOv2 resumes), or None without a tag."""
-    tag = Path(output_dir) / f"last_checkpoint.rank_{rank}"
-    if not tag.is_file():
-        return None
-    return Path(output_dir) / tag.read_text().strip()
 
 
 def run_files(output_dir: str | os.PathLike) -> list[Path]:

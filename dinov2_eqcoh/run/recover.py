@@ -94,7 +94,8 @@ def rank_checkpoints(output_dir: str | os.PathLike, rank: int, max_iter: int | N
     return sorted(found, key=lambda ip: (ip[0], ip[1].name.startswith("model_final")), reverse=True)
 
 
-def tagged(output_dir: str | os.PathLike, rank: int) -> Path | None:
+def tagged_checkpoint(output_dir: str | os.PathLike, rank: int = 0) -> Path | None:
+    """The file `last_checkpoint.rank_<rank>` names (what DINOv2 resumes), or None without a tag."""
     tag = Path(output_dir) / f"last_checkpoint.rank_{rank}"
     if not tag.is_file():
         return None
@@ -146,7 +147,7 @@ def recover(output_dir: str | os.PathLike, rank: int = 0, gather: Callable[[obje
         DamagedCheckpointError: some rank has no readable checkpoint (every damaged file named).
     """
     out = Path(output_dir)
-    tag = tagged(out, rank)
+    tag = tagged_checkpoint(out, rank)
     why = damage(tag) if tag is not None else None
     if not any(gather(why is not None)):
         return None
