@@ -105,6 +105,29 @@ def test_render_views_gives_v2_and_targets_g_of_u(name, apply_to_view):
     assert torch.equal(batch["collated_global_crops"], crops_before)  # the batch is left as it is
 
 
+@pytest.mark.parametrize("apply_to_view, loss_weight", [(True, 1.0), (False, 1.0), (True, 0.0)])
+def test_fill_free_views_and_targets_show_the_centre_of_u(apply_to_view, loss_weight):
+    """eqcoh.fill_free: v2 and every u_k are rendered at the fill-free zoom of the configured ranges (v2 = the θ = 0
+    state, u's centre, when apply_to_view is false). Vanilla (λ 0, no g) renders nothing: DINOv2's own pipeline."""
+    K, B, G = 2, 3, 32
+    cfg = make_cfg(G=G, transform="se2", apply_to_view=apply_to_view, n_intermediate=K, fill_free=True,
+                   loss_weight=loss_weight)
+    aug = build_data_transform(cfg)
+    batch = build_collate_fn(cfg, torch.float32)([(aug(img), ()) for img in images(B)])
+    v2, targets = render_views(batch, cfg)
+    u, theta = batch["collated_global_crops"][B:], batch["eqcoh_theta"]
+    c = T.fill_free_zoom("se2", cfg.eqcoh.ranges, G)
+    assert c < 0.7
+    view_theta = theta if apply_to_view else torch.zeros_like(theta)
+    torch.testing.assert_close(v2, T.render(u, "se2", view_theta, zoom=c))
+    assert not torch.allclose(v2, u)
+    if loss_weight > 0:
+        for b in range(B):
+            torch.testing.assert_close(targets[:, b], T.render(u[b], "se2", T.path_thetas(theta[b], K)[:K], zoom=c))
+    else:
+        assert targets is None
+
+
 def test_view_only_baseline_has_no_targets():
     cfg = make_cfg(loss_weight=0.0, apply_to_view=True, transform="rotation")
     aug = build_data_transform(cfg)

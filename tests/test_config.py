@@ -111,6 +111,7 @@ def test_misspelt_key_in_a_file_names_the_file(tmp_path):
         ("eqcoh.d_equi=64", "eqcoh.d_equi", "0 < d_equi < eqcoh.d_patch = 64"),
         ("eqcoh.transform=scale", "eqcoh.transform", "rotation, translation, se2, color, blur"),
         ("eqcoh.apply_to_view=maybe", "eqcoh.apply_to_view", "true or false"),
+        ("eqcoh.fill_free=1", "eqcoh.fill_free", "true or false"),
         ("eqcoh.ranges.rotation=[45,-45]", "eqcoh.ranges.rotation", "lo <= hi"),
         ("eqcoh.ranges.hue=[0.1]", "eqcoh.ranges.hue", "two numbers"),
         ("eqcoh.ranges.blur_sigma=[-1,2]", "eqcoh.ranges.blur_sigma", ">= 0"),

@@ -422,11 +422,18 @@ def test_extra_unmasked_pass_takes_z_equi_from_the_unmasked_global_crops():
     assert not torch.allclose(used["z"], masked["eqcoh_z_equi_patchtokens"], atol=1e-4)
 
 
-def test_forward_backward_renders_v2_and_the_targets_from_u_and_theta():
-    """The batch carries u and θ; the model sees v2 = g_θ(u) and learns to reconstruct u_k = g_{θ_k}(u)."""
+@pytest.mark.parametrize("fill_free", [False, True])
+def test_forward_backward_renders_v2_and_the_targets_from_u_and_theta(fill_free, monkeypatch):
+    """The batch carries u and θ; the model sees v2 = g_θ(u) and learns to reconstruct u_k = g_{θ_k}(u); with
+    eqcoh.fill_free, all of them (and the diagnostics' path) at the fill-free zoom."""
+    from dinov2_eqcoh.method import ssl_meta_arch
     from dinov2_eqcoh.method import transforms as T
 
-    cfg = eqcoh_cfg("eqcoh.n_intermediate=3")
+    cfg = eqcoh_cfg("eqcoh.n_intermediate=3", f"eqcoh.fill_free={str(fill_free).lower()}", "eqcoh.diagnostics_every=1")
+    zoom = T.fill_free_zoom("se2", cfg.eqcoh.ranges, cfg.crops.global_crops_size) if fill_free else 1.0
+    diagnosed = {}
+    real = ssl_meta_arch.step_diagnostics
+    monkeypatch.setattr(ssl_meta_arch, "step_diagnostics", lambda *a, **kw: (diagnosed.update(kw), real(*a, **kw))[1])
     model = build(cfg)
     batch = eqcoh_batch(cfg)
     crops_before = batch["collated_global_crops"].clone()
@@ -437,12 +444,13 @@ def test_forward_backward_renders_v2_and_the_targets_from_u_and_theta():
     model.forward_backward(batch, teacher_temp=0.07)
 
     v1, u = crops_before.chunk(2)
-    states = T.render(u, "se2", T.path_thetas(batch["eqcoh_theta"], 3))  # (B, K+1, 3, G, G): u_1..u_3, g_θ(u)
+    states = T.render(u, "se2", T.path_thetas(batch["eqcoh_theta"], 3), zoom=zoom)  # (B, K+1, 3, G, G)
     torch.testing.assert_close(seen["crops"], torch.cat([v1, states[:, -1]]))
     assert not torch.allclose(seen["crops"][4:], u)
     torch.testing.assert_close(seen["targets"], states[:, :3].transpose(0, 1))
     assert seen["targets"].dtype == torch.float32
     assert torch.equal(batch["collated_global_crops"], crops_before)  # the caller's batch still holds u
+    assert diagnosed["zoom"] == zoom
 
 
 def test_view_only_baseline_renders_v2_and_adds_nothing():

@@ -28,13 +28,13 @@ def real_images(n=16, size=32, seed=0):
     return torch.stack([to_normalised_tensor(ds.render(i)) for i in range(n)])
 
 
-def rendered(transform="se2", K=2, n=16, seed=0):
-    """u, θ (ranges of the paper, Table 2), the targets u_k (K, n, ...) and v2 = g_θ(u)."""
+def rendered(transform="se2", K=2, n=16, seed=0, zoom=1.0):
+    """u, θ (ranges of the paper, Table 2), the targets u_k (K, n, ...) and v2 = g_θ(u) (at a fill-free zoom)."""
     u = real_images(n, seed=seed)
     g = torch.Generator().manual_seed(seed)
     ranges = {"rotation": [-45.0, 45.0], "translation": [-0.25, 0.25]}
     theta = torch.stack([sample_theta(transform, ranges, g) for _ in range(n)])  # (n, P)
-    states = render(u, transform, path_thetas(theta, K))  # (n, K+1, 3, G, G)
+    states = render(u, transform, path_thetas(theta, K), zoom=zoom)  # (n, K+1, 3, G, G)
     return u, theta, states[:, :K].transpose(0, 1), states[:, K]
 
 
@@ -58,6 +58,23 @@ def test_path_position_of_known_decoders(transform, K):
         assert abs(path_position(pool_to_grid(targets[k], grid), fractions, states, grid) - (k + 1) / (K + 1)) <= 1 / 12 + 1e-6
     assert path_position(v2, fractions, states, grid) == 1.0  # θ-blind copy of v2
     assert path_position(u, fractions, states, grid) == 0.0
+
+
+def test_path_position_with_the_fill_free_zoom():
+    """eqcoh.fill_free: the path is rendered at the run's zoom; the known answers hold there, and the θ = 0 end is
+    u's centre, not u."""
+    from dinov2_eqcoh.method.diagnostics import step_diagnostics
+
+    c = 0.65
+    u, theta, targets, v2 = rendered("se2", 2, zoom=c)
+    fractions, states = path_states(u, theta, "se2", steps=12, zoom=c)
+    for k in range(2):
+        at_grid = F.interpolate(F.adaptive_avg_pool2d(targets[k], 4), scale_factor=8, mode="nearest")
+        assert path_position(at_grid, fractions, states, 4) == pytest.approx((k + 1) / 3)
+    assert path_position(v2, fractions, states, 4) == 1.0
+    assert path_position(render(u, "se2", torch.zeros_like(theta), zoom=c), fractions, states, 4) == 0.0
+    step = step_diagnostics(targets, None, targets, v2, u, theta, "se2", grid=4, zoom=c)
+    assert [step[f"eqcoh_diag_k{k}_path"].item() for k in (1, 2)] == pytest.approx([1 / 3, 2 / 3])
 
 
 def test_summary_tells_a_working_decoder_from_a_theta_blind_one():

@@ -47,9 +47,9 @@ def expected_intermediates(theta, K):
     return [[k * float(t) / (K + 1) for t in theta] for k in range(1, K + 1)]
 
 
-def numpy_affine(u, phi_deg, tx, ty):
+def numpy_affine(u, phi_deg, tx, ty, zoom=1.0):
     """g(u) by the inverse map, pixel by pixel: the output at p (pixel units from the centre, y down) shows
-    u at R(φ)^-1 (p - t·G), R(φ) a counter-clockwise rotation on screen; bilinear, 0 outside the image.
+    u at zoom·R(φ)^-1 (p - t·G), R(φ) a counter-clockwise rotation on screen; bilinear, 0 outside the image.
 
     Returns the image and a mask of pixels whose four source neighbours are all inside the crop.
     """
@@ -63,8 +63,8 @@ def numpy_affine(u, phi_deg, tx, ty):
         for j in range(W):
             px, py = j - c - tx * W, i - c - ty * H
             # on screen with y down, a counter-clockwise rotation by φ is x' = x cos φ + y sin φ, y' = -x sin φ + y cos φ
-            sx = math.cos(a) * px - math.sin(a) * py + c
-            sy = math.sin(a) * px + math.cos(a) * py + c
+            sx = zoom * (math.cos(a) * px - math.sin(a) * py) + c
+            sy = zoom * (math.sin(a) * px + math.cos(a) * py) + c
             x0, y0 = math.floor(sx), math.floor(sy)
             wx, wy = sx - x0, sy - y0
             inside = 0
@@ -250,3 +250,60 @@ def test_missing_range_key_names_it():
     T.sample_theta("se2", ranges, torch.Generator())  # se2 does not need hue
     with pytest.raises(ValueError, match="hue"):
         T.sample_theta("color", ranges, torch.Generator())
+
+
+# ---------------------------------------------------------------------------------------------- fill-free zoom
+
+
+@pytest.mark.parametrize("lo, hi", [(-45.0, 45.0), (0.0, 30.0), (-10.0, 10.0), (100.0, 120.0), (-200.0, -150.0),
+                                    (20.0, 20.0)])
+def test_corner_factor_is_the_maximum_over_the_range(lo, hi):
+    angles = np.radians(np.linspace(lo, hi, 20001))
+    brute = float(np.max(np.abs(np.cos(angles)) + np.abs(np.sin(angles))))
+    assert T.corner_factor(lo, hi) == pytest.approx(brute, abs=1e-6)
+
+
+def extreme_thetas(name, ranges):
+    """θ at every corner of the configured box (and 0): where fill would appear first."""
+    axes = [ranges[k] for k in T.RANGE_KEYS[name]]
+    corners = torch.cartesian_prod(*[torch.tensor([float(lo), float(hi)]) for lo, hi in axes]).reshape(-1, len(axes))
+    return torch.cat([corners, torch.zeros(1, len(axes))])
+
+
+@pytest.mark.parametrize("name", ["rotation", "translation", "se2"])
+@pytest.mark.parametrize("G", [32, 224])
+def test_fill_free_zoom_leaves_no_fill_for_any_theta_in_range(name, G):
+    """A constant image stays constant under g_θ at the fill-free zoom for every extreme θ, while the full view
+    (zoom 1) and a 3 % wider view do show the fill: the bound is met, and nearly tight."""
+    u = torch.full((3, G, G), 5.0)
+    thetas = extreme_thetas(name, PAPER_RANGES)
+    c = T.fill_free_zoom(name, PAPER_RANGES, G)
+    assert 0.5 < c < 1.0
+    torch.testing.assert_close(T.render(u, name, thetas, zoom=c), torch.full((len(thetas), 3, G, G), 5.0))
+    for wider in (1.0, min(1.0, c * 1.03)):
+        assert T.render(u, name, thetas, zoom=wider).min() < 4.9  # zero fill blended in somewhere
+
+
+@pytest.mark.parametrize("name", ["rotation", "translation", "se2"])
+def test_fill_free_zoom_matches_the_inverse_map(name):
+    """Every pixel against the numpy inverse map with the zoom: θ keeps its meaning (a shift is a fraction of the
+    shown image; the rotation is about the centre), only the shown region shrinks to the centred fraction c."""
+    G = 32
+    _, u = smooth_image(G, seed=4)
+    theta = GEOMETRIC_THETA[name]
+    c = T.fill_free_zoom(name, PAPER_RANGES, G)
+    phi = theta[0] if name != "translation" else 0.0
+    tx, ty = theta[-2:] if name != "rotation" else (0.0, 0.0)
+    expected, _ = numpy_affine(u, phi, tx, ty, zoom=c)  # p - t·G in shown pixels, then scaled by c into u
+    got = T.render(u, name, torch.tensor([theta]), zoom=c)[0]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fill_free_zoom_is_one_for_colour_and_blur_and_render_refuses_another():
+    u = torch.zeros(3, 16, 16)
+    for name in ("color", "blur"):
+        assert T.fill_free_zoom(name, PAPER_RANGES, 16) == 1.0
+        with pytest.raises(ValueError, match="zoom = 0.5.*non-geometric"):
+            T.render(u, name, torch.zeros(1, T.theta_dim(name)), zoom=0.5)
+    with pytest.raises(ValueError, match=r"zoom = 1.5 must be in \(0, 1\]"):
+        T.render(u, "rotation", torch.zeros(1, 1), zoom=1.5)

@@ -57,6 +57,7 @@ from dinov2_eqcoh.method.transforms import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     THETA_NAMES,
+    corner_factor,
     render,
     sample_theta,
 )
@@ -97,11 +98,9 @@ def fill_free_size(crop: int, ranges: Mapping = EVAL_RANGES) -> int:
 
     A centred square of side C rotated by φ needs C·(|cos φ| + |sin φ|) ≤ L; a shift by t (fraction of the crop
     C) adds 2·|t|·C on each axis, itself rotated: L = ceil(C·f·(1 + 2·t_max)) + 2 (interpolation border), with
-    f = max over φ of |cos φ| + |sin φ| (√2 once the range reaches 45°).
+    f = `corner_factor` of the φ range (√2 once it reaches 45°). `fill_free_zoom` is the same bound for training.
     """
-    lo, hi = ranges["rotation"]
-    phi = min(max(abs(lo), abs(hi)), 45.0)
-    f = math.cos(math.radians(phi)) + math.sin(math.radians(phi))
+    f = corner_factor(*ranges["rotation"])
     t = max(abs(v) for v in ranges["translation"])
     return math.ceil(crop * f * (1 + 2 * t)) + 2
 

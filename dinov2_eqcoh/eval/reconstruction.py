@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 import torch
 
+from dinov2_eqcoh.method.augmentation import render_options
 from dinov2_eqcoh.method.diagnostics import (  # noqa: F401 - the pure functions, importable from here too
     PATH_STEPS,
     TOLERANCE,
@@ -183,8 +184,7 @@ def diagnose_model(model, cfg, *, n: int = 256, dataset: str | None = None, seed
     batch = diagnostic_batch(cfg, n, seed, dataset)
     out = decoder_outputs(model, batch)
     transform = str(cfg.eqcoh.transform)
-    blur = float(cfg.eqcoh.ranges.blur_sigma[1]) if transform == "blur" else None
-    fractions, states = path_states(out["u"], out["theta"], transform, steps, blur)
+    fractions, states = path_states(out["u"], out["theta"], transform, steps, **render_options(cfg))
     grid = int(cfg.crops.global_crops_size) // int(cfg.student.patch_size)
     report = summarize_outputs(out["pred"], out["targets"], out["v2"], fractions, states, grid, out["pred_shuffled"])
     try:  # on a smaller batch of the same pipeline (two full forward_backward calls)

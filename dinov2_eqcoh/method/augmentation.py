@@ -30,6 +30,7 @@ from dinov2_eqcoh.method.transforms import (
     RANGE_KEYS,
     check_ranges,
     check_transform,
+    fill_free_zoom,
     path_thetas,
     render,
     sample_theta,
@@ -111,23 +112,39 @@ class DataAugmentationEqCoh:
         return output
 
 
+def render_options(cfg) -> dict:
+    """The keyword arguments of every `render` of a run's views and paths, from the config (python numbers only):
+
+    - `max_blur_sigma`: blur's kernel size from the upper end of `eqcoh.ranges.blur_sigma`, not from the batch's σ
+      (that would read σ back to the host); None for other g.
+    - `zoom`: with `eqcoh.fill_free` and a geometric g, `fill_free_zoom` at `crops.global_crops_size` (the centred
+      fraction of u every state shows, so that no corner is filled); 1 otherwise.
+    """
+    eqcoh = eqcoh_options(cfg)
+    name = check_transform(str(eqcoh.transform))
+    zoom = (fill_free_zoom(name, eqcoh.ranges, int(cfg.crops.global_crops_size))
+            if bool(eqcoh.get("fill_free", False)) else 1.0)
+    return {"max_blur_sigma": float(eqcoh.ranges.blur_sigma[1]) if name == "blur" else None, "zoom": zoom}
+
+
 @torch.no_grad()
 def render_views(batch, cfg, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """v2 = g_θ(u) and the targets u_k = g_{θ_k}(u) of a collated batch, in one batched `render` call.
 
     Renders in float32 with autocast off; v2 is cast back to the crops' dtype. The batch is not modified. Nothing
-    is read back from the device (no host synchronisation): the blur kernel size comes from
-    `eqcoh.ranges.blur_sigma`, not from the batch.
+    is read back from the device (no host synchronisation): see `render_options` (blur kernel size, fill-free
+    zoom).
 
     Args:
         batch: a batch of the plugin's collate (`collate_eqcoh`): `collated_global_crops` (2B, 3, G, G) = [v1; u]
             and `eqcoh_theta` (B, P).
         cfg: the training config: `eqcoh.transform`, `eqcoh.n_intermediate` (K), `eqcoh.apply_to_view`,
-            `eqcoh.loss_weight` (targets only when > 0).
+            `eqcoh.loss_weight` (targets only when > 0), `eqcoh.fill_free`.
         device: where to render (default: where the crops are); the results are there.
 
     Returns:
-        v2 (B, 3, G, G) in the crops' dtype: g_θ(u), or u itself when `apply_to_view` is false; and the targets
+        v2 (B, 3, G, G) in the crops' dtype: g_θ(u) (with `eqcoh.fill_free`, of u's centre), or u itself when
+        `apply_to_view` is false; and the targets
         (K, B, 3, G, G) float32, u_1..u_K in the crops' normalised pixel space, or None when `loss_weight` is 0.
     """
     eqcoh = eqcoh_options(cfg)
@@ -142,21 +159,23 @@ def render_views(batch, cfg, device=None) -> tuple[torch.Tensor, torch.Tensor | 
     crops = batch["collated_global_crops"]  # (2B, 3, G, G): v1 then u
     device = crops.device if device is None else torch.device(device)
     u = crops[crops.shape[0] // 2 :].to(device, non_blocking=True)  # (B, 3, G, G)
-    if not (apply_to_view or with_targets):
+    if not (apply_to_view or with_targets):  # λ = 0 and no g: exact vanilla (no zoom either)
         return u, None
+    options = render_options(cfg)
     thetas = path_thetas(batch["eqcoh_theta"].to(device, non_blocking=True), K)  # (B, K+1, P): θ_1..θ_K, θ
+    if not apply_to_view:  # v2 is the θ = 0 state: u itself, or u's centre when fill-free
+        thetas = torch.cat([thetas[:, :-1], torch.zeros_like(thetas[:, -1:])], dim=1)
+        if options["zoom"] == 1.0:
+            thetas = thetas[:, :-1]
     if not with_targets:
         thetas = thetas[:, -1:]
-    elif not apply_to_view:
-        thetas = thetas[:, :-1]
     no_autocast = (
         torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
     )
-    # blur: the kernel size from the configured range, not from the batch's σ (that would read σ back to the host)
-    max_blur_sigma = float(eqcoh.ranges.blur_sigma[1]) if name == "blur" else None
     with no_autocast:
-        states = render(u.float(), name, thetas, max_blur_sigma=max_blur_sigma)  # (B, S, 3, G, G), float32
-    v2 = states[:, -1].to(crops.dtype) if apply_to_view else u
+        states = render(u.float(), name, thetas, **options)  # (B, S, 3, G, G), float32
+    rendered_view = states.shape[1] > (K if with_targets else 0)  # the last state is v2 (else v2 = u, not rendered)
+    v2 = states[:, -1].to(crops.dtype) if rendered_view else u
     targets = states[:, :K].transpose(0, 1) if with_targets else None  # (K, B, 3, G, G)
     return v2, targets
 

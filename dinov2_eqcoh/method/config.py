@@ -210,7 +210,7 @@ def validate(cfg: DictConfig) -> None:
     rgb = e.get("recipe_global_batch")
     if rgb is not None and (not _is_int(rgb) or rgb < 1):
         _fail("eqcoh.recipe_global_batch", rgb, "must be null or an integer >= 1 (images per step over all GPUs)")
-    for key in ("apply_to_view", "extra_unmasked_pass", "keep_head_split", "strict_global_batch"):
+    for key in ("apply_to_view", "extra_unmasked_pass", "keep_head_split", "strict_global_batch", "fill_free"):
         if not isinstance(e[key], bool):
             _fail(f"eqcoh.{key}", e[key], "must be true or false")
     try:  # one source for the θ ranges' rules: the module that samples from them

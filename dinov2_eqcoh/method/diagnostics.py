@@ -36,27 +36,29 @@ def pool_to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def path_states(u: torch.Tensor, theta: torch.Tensor, transform: str, steps: int = PATH_STEPS,
-                max_blur_sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                max_blur_sigma: float | None = None, zoom: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """g_{fθ}(u) for f = 0, 1/steps, ..., 1.
 
     Args:
         u: (B, 3, G, G) normalised images; theta: (B, P).
+        max_blur_sigma, zoom: as the run renders its views (`dinov2_eqcoh.method.augmentation.render_options`).
 
     Returns:
         (fractions (S,), states (B, S, 3, G, G)) with S = steps + 1.
     """
     fractions = torch.linspace(0, 1, steps + 1, device=u.device)
     thetas = theta.float()[:, None, :] * fractions[None, :, None]  # (B, S, P)
-    return fractions, render(u.float(), transform, thetas, max_blur_sigma=max_blur_sigma)
+    return fractions, render(u.float(), transform, thetas, max_blur_sigma=max_blur_sigma, zoom=zoom)
 
 
 def pooled_path(u: torch.Tensor, theta: torch.Tensor, transform: str, grid: int, steps: int = PATH_STEPS,
-                max_blur_sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                max_blur_sigma: float | None = None, zoom: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """`path_states` average-pooled to the token grid, rendered one state at a time (a training step holds B
     images more, not (steps + 1)·B). Returns (fractions (S,), pooled states (B, S, 3, grid, grid))."""
     fractions = torch.linspace(0, 1, steps + 1, device=u.device)
     pooled = torch.stack([
-        F.adaptive_avg_pool2d(render(u.float(), transform, theta.float() * f, max_blur_sigma=max_blur_sigma), grid)
+        F.adaptive_avg_pool2d(
+            render(u.float(), transform, theta.float() * f, max_blur_sigma=max_blur_sigma, zoom=zoom), grid)
         for f in fractions.unbind()
     ], dim=1)
     return fractions, pooled
@@ -196,11 +198,13 @@ def step_diagnostics(
     grid: int,
     steps: int = PATH_STEPS,
     max_blur_sigma: float | None = None,
+    zoom: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """`figures` of a training batch: the path rendered from u and θ (`pooled_path`), nothing read back.
 
     Args:
         recon, recon_shuffled, targets: (K, B, 3, G, G); v2, u: (B, 3, G, G); theta: (B, P).
+        max_blur_sigma, zoom: `dinov2_eqcoh.method.augmentation.render_options` of the run.
     """
-    fractions, pooled = pooled_path(u, theta, transform, grid, steps, max_blur_sigma)
+    fractions, pooled = pooled_path(u, theta, transform, grid, steps, max_blur_sigma, zoom)
     return figures(recon, recon_shuffled, targets, v2, fractions, pooled, grid)

@@ -21,7 +21,7 @@ from dinov2.utils.utils import has_batchnorms
 from omegaconf import DictConfig
 from torch import nn
 
-from dinov2_eqcoh.method.augmentation import eqcoh_pipeline_active, render_views
+from dinov2_eqcoh.method.augmentation import eqcoh_pipeline_active, render_options, render_views
 from dinov2_eqcoh.method.decoder import EqCohDecoders
 from dinov2_eqcoh.method.diagnostics import step_diagnostics
 from dinov2_eqcoh.method.head import EqCohHead
@@ -392,7 +392,7 @@ class EqCohSSLMetaArch(SSLMetaArch):
             recon, shuffled, targets.to(recon.device), crops[crops.shape[0] // 2 :].to(recon.device),
             u.to(recon.device), theta.to(recon.device), name,
             grid=int(self.cfg.crops.global_crops_size) // int(self.cfg.student.patch_size),
-            max_blur_sigma=float(eq.ranges.blur_sigma[1]) if name == "blur" else None,
+            **render_options(self.cfg),
         )
 
     def log_metrics(self) -> dict[str, float]:

@@ -22,6 +22,11 @@ rendered in that space with zeros padding, so pixels uncovered by rotation/trans
 linear with a unit-sum kernel and reflect padding, so it commutes with the per-channel normalisation and runs on
 the normalised tensor directly.
 
+Fill-free geometry (`eqcoh.fill_free`, `fill_free_zoom`): the crop u is treated as a canvas larger than the shown
+image, whose centred fraction c (`zoom`) is what every state shows, resampled to G px. c is the largest fraction
+for which no sample of any θ in the configured ranges falls outside u, so no fill appears; θ keeps its meaning (a
+shift is a fraction of the *shown* image). The θ = 0 state is then u's centre magnified 1/c, not u.
+
 All states are rendered from u directly, never by resampling a resampled image: `render(u, name, thetas)` takes
 the (S, P) parameters [θ_1, ..., θ_K, θ] and returns the S images in one batched operation (one `affine_grid` +
 `grid_sample` call for geometric g). No dinov2 import: the benchmark and the equivariance evaluation reuse this.
@@ -36,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 TRANSFORMS = ("rotation", "translation", "se2", "color", "blur")
+GEOMETRIC = ("rotation", "translation", "se2")  # the ones that uncover corners (fill) and take a fill-free zoom
 
 # θ components per transform, and the `eqcoh.ranges` key each one is sampled from.
 THETA_NAMES = {
@@ -150,6 +156,44 @@ def interpolate_thetas(theta: torch.Tensor, K: int) -> torch.Tensor:
     return theta.unsqueeze(-2) * k.unsqueeze(-1)
 
 
+def corner_factor(lo: float, hi: float) -> float:
+    """max over φ in [lo, hi] degrees of |cos φ| + |sin φ|: how far a rotated square's corners reach (1 to √2).
+
+    The maxima are at 45° + k·90° and the function is monotone between them, so the ends and those points suffice.
+    """
+    ks = range(math.floor((lo - 45.0) / 90.0), math.ceil((hi - 45.0) / 90.0) + 1)
+    angles = [lo, hi] + [45.0 + 90.0 * k for k in ks if lo <= 45.0 + 90.0 * k <= hi]
+    return max(abs(math.cos(math.radians(a))) + abs(math.sin(math.radians(a))) for a in angles)
+
+
+def fill_free_zoom(name: str, ranges: Mapping, size: int) -> float:
+    """c, the fraction of a `size` px image u to show so that g_θ needs no fill for any θ in `ranges`.
+
+    Output pixel centres p (normalised, |p| <= 1 - 1/size) show u at q = c·R(φ)^-1 (p - 2t); bilinear sampling
+    stays inside u while |q| <= 1 - 1/size on both axes. With |R^-1 v|_max <= (|cos φ| + |sin φ|)·|v|_max:
+        c = (1 - 1/size) / (f·(1 - 1/size + 2·t_max)),   f = max over the φ range of |cos φ| + |sin φ|
+    (the probes' `fill_free_size` in `dinov2_eqcoh.eval.equivariance` is the same bound as a canvas size).
+
+    Args:
+        name: one of TRANSFORMS; colour and blur uncover nothing: c = 1.
+        ranges: `eqcoh.ranges` (rotation in degrees, translation as fractions of the shown image).
+        size: G, the rendered side in pixels.
+
+    Returns:
+        c in (0, 1].
+    """
+    if check_transform(name) not in GEOMETRIC:
+        return 1.0
+    bounds = check_ranges(ranges, name)
+    f = corner_factor(*bounds["rotation"]) if name != "translation" else 1.0
+    t_max = max(abs(v) for v in bounds["translation"]) if name != "rotation" else 0.0
+    inner = 1.0 - 1.0 / int(size)
+    c = inner / (f * (inner + 2.0 * t_max))
+    if c <= 0.0:  # not reachable for finite ranges; kept as a guard of the formula
+        raise ValueError(f"fill_free_zoom: no fill-free view exists for {name} with ranges {dict(bounds)}")
+    return c
+
+
 def path_thetas(theta: torch.Tensor, K: int) -> torch.Tensor:
     """[θ_1, ..., θ_K, θ]: the (K+1, P) parameters of all states along the path, for one `render` call."""
     return torch.cat([interpolate_thetas(theta, K), theta.unsqueeze(-2)], dim=-2)
@@ -167,6 +211,7 @@ def render(
     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     std: Sequence[float] = IMAGENET_DEFAULT_STD,
     max_blur_sigma: float | None = None,
+    zoom: float = 1.0,
 ) -> torch.Tensor:
     """Render g_θ(u) for every θ in `thetas`, all at once, from u directly.
 
@@ -180,11 +225,17 @@ def render(
             the upper end of `eqcoh.ranges.blur_sigma`). It sets the one kernel size of the batch without reading σ
             back from the device (no host synchronisation; the training step passes it). None: the batch's
             largest σ, read with one device-to-host copy.
+        zoom: geometric g only: show the centred fraction `zoom` of u (`fill_free_zoom`; 1 = all of u, corners
+            filled with 0). A python number.
 
     Returns:
         (*thetas.shape[:-1], 3, G, G), same dtype as u: (S, 3, G, G), (N, 3, G, G) or (N, S, 3, G, G).
     """
     check_transform(name)
+    zoom = float(zoom)
+    if not 0.0 < zoom <= 1.0 or (zoom != 1.0 and name not in GEOMETRIC):
+        raise ValueError(f"render({name!r}): zoom = {zoom} must be in (0, 1], and 1 for a non-geometric g "
+                         f"({name} uncovers no corners)")
     P = theta_dim(name)
     if thetas.shape[-1] != P:
         raise ValueError(f"render({name!r}): thetas must end in P={P} parameters, got shape {tuple(thetas.shape)}")
@@ -202,7 +253,7 @@ def render(
         )
     flat = thetas.reshape(-1, P).to(device=u.device, dtype=torch.float32)
     if name in ("rotation", "translation", "se2"):
-        out = _render_affine(images, _affine_matrices(name, flat))
+        out = _render_affine(images, _affine_matrices(name, flat) * zoom)  # q = c·R^-1 (p - t)
     elif name == "color":
         out = _render_color(images, flat, mean, std)
     else:
