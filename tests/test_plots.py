@@ -48,6 +48,15 @@ def test_tensorboard_scalars_are_every_logged_number_at_its_iteration(tiny_eqcoh
     events = acc.Scalars("losses/total_loss")
     assert [e.step for e in events] == [r["iteration"] for r in records]
     assert [round(e.value, 5) for e in events] == [round(r["total_loss"], 5) for r in records]
+    # the reconstruction grid of every training checkpoint, at its iteration: 6 images x (v1, v2, u_1, D_1, u_2, D_2)
+    from dinov2_eqcoh.weights.run_config import checkpoint_iteration
+
+    checkpoints = {checkpoint_iteration(p) for p in tiny_eqcoh_run.glob("model_*.rank_0.pth")}
+    assert checkpoints and "reconstructions" in acc.Tags()["images"]
+    images = acc.Images("reconstructions")
+    assert sorted(e.step for e in images) == sorted(checkpoints)
+    assert all((e.width, e.height) == (6 * 34 + 2, 6 * 34 + 2) for e in images)  # 32 px tiles, 2 px padding
+    assert sum(f"(iteration {it})" in proc.stdout for it in checkpoints) == len(checkpoints)
 
 
 def test_plot_cli_names_a_folder_without_metrics_and_a_broken_line(tmp_path):

@@ -294,6 +294,38 @@ def plot_training_diagnostics(records: Sequence[dict[str, Any]], path: str | Pat
     return True
 
 
+def grid_columns(model, cfg, n: int = 6, dataset: str | None = None) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor]:
+    """The reconstruction grid's columns [(title, (n, 3, G, G) images in [0, 1])] for v1, v2 = g_θ(u), then u_k
+    and D_k([z_equi(v1); z_equi(v2)]) for k = 1..K, on n images of the run's pipeline (`diagnostic_batch`), and
+    their θ (n, P).
+
+    Args:
+        model, cfg: the eqcoh run's student (`load_student_model`).
+        dataset: a dataset string (default: the built-in images of `diagnostic_batch`).
+    """
+    from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    batch = diagnostic_batch(cfg, n, dataset=dataset)  # the diagnostics' images and rendering, as in training
+    out = decoder_outputs(model, batch)
+    targets, pred = out["targets"], out["pred"]  # (K, n, 3, G, G)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    cols = [("v1", batch["collated_global_crops"][:n]), ("v2 = g_θ(u)", out["v2"])]
+    for k in range(targets.shape[0]):
+        cols += [(f"u_{k + 1} target", targets[k]), (f"D_{k + 1} prediction", pred[k])]
+    return [(title, (imgs.detach().float().cpu() * std + mean).clamp(0, 1)) for title, imgs in cols], batch["eqcoh_theta"]
+
+
+def reconstruction_tiles(model, cfg, n: int = 6, dataset: str | None = None) -> torch.Tensor:
+    """`grid_columns` as one (3, H, W) image in [0, 1] (a row per image: v1, v2, u_1, D_1, ...), no matplotlib:
+    for TensorBoard."""
+    from torchvision.utils import make_grid
+
+    cols = [imgs for _, imgs in grid_columns(model, cfg, n, dataset)[0]]
+    rows = torch.stack(cols, dim=1).flatten(0, 1)  # (n·C, 3, G, G): row-major, one row per image
+    return make_grid(rows, nrow=len(cols), padding=2, pad_value=1.0)
+
+
 def reconstruction_grid(model, cfg, path: str | Path, n: int = 6, title: str = "") -> None:
     """v1, v2, the targets u_k and the decoders' predictions D_k([z_equi(v1); z_equi(v2)]) for a few images.
 
@@ -305,27 +337,15 @@ def reconstruction_grid(model, cfg, path: str | Path, n: int = 6, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    batch = diagnostic_batch(cfg, n)  # the diagnostics' images and rendering, as in training
-    out = decoder_outputs(model, batch)
-    v1 = batch["collated_global_crops"][:n]
-    targets, pred = out["targets"], out["pred"]  # (K, n, 3, G, G)
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
-    K = targets.shape[0]
-    cols = [("v1", v1), ("v2 = g_θ(u)", out["v2"])]
-    for k in range(K):
-        cols += [(f"u_{k + 1} target", targets[k]), (f"D_{k + 1} prediction", pred[k])]
+    cols, thetas = grid_columns(model, cfg, n)
     fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n))
-    for j, (title, imgs) in enumerate(cols):
+    for j, (col_title, imgs) in enumerate(cols):
         for i in range(n):
             ax = axes[i, j]
-            ax.imshow((imgs[i].float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.imshow(imgs[i].permute(1, 2, 0).numpy())
             ax.set_xticks([]), ax.set_yticks([])
             if i == 0:
-                ax.set_title(title, fontsize=8)
-    thetas = batch["eqcoh_theta"]
+                ax.set_title(col_title, fontsize=8)
     for i in range(n):
         axes[i, 0].set_ylabel("θ=" + ",".join(f"{v:.2g}" for v in thetas[i].tolist()), fontsize=6)
     fig.suptitle(title or "EqCoh reconstructions of the intermediate states (student, final checkpoint)", fontsize=9)

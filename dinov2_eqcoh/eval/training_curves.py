@@ -8,8 +8,10 @@ momentum), DINOv2's image-level DINO term over ln K (K = `dino.head_n_prototypes
 uniform solution, the term carries no information), and, for an EqCoh run, the decoders' diagnostics
 (`eval.reconstruction.plot_training_diagnostics`, a second picture), into `<run-dir>/plots/` (or `--output`).
 `--tensorboard` also writes every logged number as TensorBoard scalars to `<run-dir>/tensorboard` (losses,
-schedules, the decoders' diagnostics, timing), and `--follow S` keeps adding new records every S seconds while the
-run trains: TensorBoard without touching DINOv2's loop.
+schedules, the decoders' diagnostics, timing) and, for an EqCoh run, the reconstruction grid (v1, v2, u_k, D_k) of
+every training checkpoint at its iteration (so every `train.saveckp_freq` epochs, from the strictly loaded student);
+`--follow S` keeps adding new records and checkpoints every S seconds while the run trains: TensorBoard without
+touching DINOv2's loop.
 """
 
 from __future__ import annotations
@@ -112,15 +114,64 @@ def write_tensorboard(records: list[dict], logdir: str | Path, since: int = -1) 
     return last
 
 
+def write_tensorboard_reconstructions(run_dir: str | Path, logdir: str | Path, done: set[int],
+                                     n: int = 6, dataset: str | None = None) -> set[int]:
+    """The reconstruction grid of every training checkpoint `model_*.rank_0.pth` of an EqCoh run not in `done`
+    (iterations), as the TensorBoard image `reconstructions` at the checkpoint's iteration; returns `done` with them.
+
+    Runs without decoders (λ = 0) and FSDP-sharded checkpoints (each rank's file holds a shard; the decoders
+    cannot be loaded from one) are skipped with a message, once. Needs the `tensorboard` package.
+    """
+    from omegaconf import OmegaConf
+    from torch.utils.tensorboard import SummaryWriter
+
+    from dinov2_eqcoh.eval.reconstruction import load_student_model, reconstruction_tiles
+    from dinov2_eqcoh.weights.run_config import checkpoint_iteration, holds_sharded_tensors
+
+    run_dir = Path(run_dir)
+    done = set(done)
+    config = run_dir / "config.yaml"
+    if not config.is_file() or float(OmegaConf.load(config).eqcoh.get("loss_weight", 0)) <= 0:
+        return done  # no decoders: nothing to draw
+    new = []
+    for path in sorted(run_dir.glob("model_*.rank_0.pth")):
+        it = checkpoint_iteration(path)
+        if it is None or it in done or any(it == i for i, _ in new):  # model_final repeats the last iteration
+            continue
+        if holds_sharded_tensors(path):
+            print(f"reconstructions: {path.name} is FSDP-sharded (one rank's shard); no grid drawn from it")
+            done.add(it)
+            continue
+        new.append((it, path))
+    if not new:
+        return done
+    writer = SummaryWriter(log_dir=str(logdir))
+    try:
+        for it, path in new:
+            model, cfg, _ = load_student_model(path)  # strict
+            writer.add_image("reconstructions", reconstruction_tiles(model, cfg, n, dataset), it)
+            print(f"wrote the reconstruction grid of {path.name} (iteration {it}) to TensorBoard")
+            done.add(it)
+    finally:
+        writer.close()
+    return done
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m dinov2_eqcoh.plot", description="Training curves of a run folder.")
     p.add_argument("run_dir", help="a DINOv2 run folder (holds training_metrics.json and config.yaml)")
     p.add_argument("--output", default=None, help="the PNG to write (default: <run-dir>/plots/training_curves.png)")
     p.add_argument("--tensorboard", action="store_true",
-                   help="also write every logged number as TensorBoard scalars to <run-dir>/tensorboard "
+                   help="also write every logged number as TensorBoard scalars, and for an EqCoh run each training "
+                        "checkpoint's reconstruction grid, to <run-dir>/tensorboard "
                         "(`tensorboard --logdir <run-dir>/tensorboard`; needs the tensorboard package)")
+    p.add_argument("--dataset", default=None,
+                   help="with --tensorboard: the reconstruction grid's images, a DINOv2 dataset string (default: "
+                        "built-in synthetic images; e.g. ImageNet:split=VAL:root=<ROOT>:extra=<EXTRA> for an "
+                        "ImageNet run)")
     p.add_argument("--follow", type=float, default=None, metavar="SECONDS",
-                   help="with --tensorboard: keep adding new records every SECONDS while the run trains (Ctrl-C ends)")
+                   help="with --tensorboard: keep adding new records and checkpoints every SECONDS while the run "
+                        "trains (Ctrl-C ends)")
     return p
 
 
@@ -145,27 +196,34 @@ def main(argv=None) -> int:
         plot_training_curves(records, out, n_prototypes, title=f"{run_dir.name}: {len(records)} logged iterations, "
                              f"last {records[-1]['iteration'] if records else '-'}")
     except ImportError as e:
-        print(f"error: drawing needs matplotlib ({e}); the numbers are in {run_dir / 'training_metrics.json'}",
-              file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
+        print(f"{'warning' if args.tensorboard else 'error'}: drawing needs matplotlib ({e}); the numbers are in "
+              f"{run_dir / 'training_metrics.json'}", file=sys.stderr)
+        if not args.tensorboard:
+            return 2
+    else:
+        print(f"wrote {out}")
+        diag = out.with_name(out.stem.replace("training_curves", "training_diagnostics") + out.suffix)
+        if diag != out and plot_training_diagnostics(training_records(run_dir), diag,
+                                                     f"{run_dir.name}: decoders' diagnostics"):
+            print(f"wrote {diag}")
     if args.tensorboard:
         logdir = run_dir / "tensorboard"
         try:
             last = write_tensorboard(records, logdir)
+            drawn = write_tensorboard_reconstructions(run_dir, logdir, set(), dataset=args.dataset)
         except ImportError as e:
             print(f"error: --tensorboard needs the tensorboard package ({e}): pip install tensorboard", file=sys.stderr)
             return 2
         print(f"wrote TensorBoard scalars up to iteration {last} to {logdir}")
-        while args.follow:
-            import time
+        try:
+            while args.follow:
+                import time
 
-            time.sleep(args.follow)
-            last = write_tensorboard(read_metrics(run_dir), logdir, since=last)
-    diag = out.with_name(out.stem.replace("training_curves", "training_diagnostics") + out.suffix)
-    if diag != out and plot_training_diagnostics(training_records(run_dir), diag,
-                                                 f"{run_dir.name}: decoders' diagnostics"):
-        print(f"wrote {diag}")
+                time.sleep(args.follow)
+                last = write_tensorboard(read_metrics(run_dir), logdir, since=last)
+                drawn = write_tensorboard_reconstructions(run_dir, logdir, drawn, dataset=args.dataset)
+        except KeyboardInterrupt:
+            print(f"stopped following; TensorBoard holds iterations up to {last}")
     return 0
 
 
