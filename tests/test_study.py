@@ -119,6 +119,24 @@ def _env():
     return dict(os.environ)
 
 
+def test_progress_reporter_reads_dinov2s_metric_logger_line(tmp_path):
+    """Every training runner (study, curves, regime, demo) prints DINOv2's progress through one reporter, from a
+    real subprocess's output, and keeps every line in the log."""
+    import sys
+
+    from dinov2_eqcoh.experiments.study import progress_reporter, run_logged
+
+    line = ("I20261206 05:10:47 25413 dinov2 helpers.py:122] Training  [ 10/800]  eta: 0:10:35  lr: 0.0001 (0.0001)  "
+            "total_loss: 5.8468 (5.9563)  dino_local_crops_loss: 2.7138 (2.7219)  time: 0.80418")
+    report = progress_reporter("[study]", "dinov2_s0")
+    assert report(line) == "[study]   dinov2_s0 [10/800] total_loss 5.8468 eta 0:10:35"
+    assert report("I20261206 dinov2 train.py:300] Starting training from iteration 0") is None
+    log = tmp_path / "run.train.log"
+    rc = run_logged([sys.executable, "-c", f"print({line!r}); print('done')"], log, report)
+    assert rc == 0
+    assert log.read_text().splitlines()[1:] == [line, "done"]
+
+
 def test_bad_arguments_are_named(tmp_path):
     for args, text in ((["--seeds", "two"], "--seeds"), (["--models", "dinov3"], "unknown ['dinov3']"),
                        (["--budget", "0"], "--budget"), (["--dense-scale", "0"], "--dense-scale"),

@@ -37,7 +37,7 @@ import torch
 
 from dinov2_eqcoh.experiments.regime import CHOSEN, logged_train_seconds
 from dinov2_eqcoh.experiments.study import MODELS as STUDY_MODELS
-from dinov2_eqcoh.experiments.study import check_identity, get_metric, run_logged
+from dinov2_eqcoh.experiments.study import check_identity, get_metric, progress_reporter, run_logged
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/demo/eqcoh_demo.yaml"
@@ -71,14 +71,7 @@ def train(model: str, run_dir: Path, args, epochs: int, period: int) -> None:
     print(f"[curves] {state} {model}: {' '.join(cmd[3:])}", flush=True)
     log_path = run_dir.parent / f"{model}.train.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-
-    def report(line: str) -> str | None:
-        if "Training  [" not in line or "eta: " not in line:
-            return None
-        it = line.split("Training  ")[1].split("]")[0].strip("[ ")
-        return f"[curves]   {model} [{it}] eta {line.split('eta: ')[1].split()[0]}"
-
-    rc = run_logged(cmd, log_path, report, mode="a")  # appended: a resumed run keeps its earlier segments' log
+    rc = run_logged(cmd, log_path, progress_reporter("[curves]", model), mode="a")  # appended: a resumed run keeps its earlier segments' log
     if rc != 0:
         raise SystemExit(f"[curves] training {model} failed (exit {rc}); see {log_path}")
 

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,22 +62,11 @@ def train_model(name: str, config_file: Path, output_dir: Path, opts: list[str])
     cmd = [sys.executable, "-m", "dinov2.train.train", "--config-file", str(config_file),
            "--output-dir", str(run_dir), *MODELS[name], *opts]
     print(f"[demo] training {name} ({DESCRIPTIONS[name]}): {' '.join(cmd[1:])}", flush=True)
+    from dinov2_eqcoh.experiments.study import progress_reporter, run_logged
+
     start = time.time()
-    with open(output_dir / f"{name}.train.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                # one intra-op thread: the data-loader worker has the other core; two threads on a
-                                # busy 2-core machine spin against each other and run several times slower
-                                env={"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"})
-        for line in proc.stdout:
-            log.write(line)
-            if "Training  [" in line:  # DINOv2's MetricLogger: every 10 iterations
-                fields = line.split("Training  ")[1].split()
-                it = fields[0] + fields[1] if fields[0] == "[" else fields[0]
-                print(f"[demo]   {name} {it} {line.split('total_loss: ')[1].split(' (')[0] if 'total_loss' in line else ''}"
-                      f"  eta {line.split('eta: ')[1].split()[0] if 'eta: ' in line else '?'}", flush=True)
-        rc = proc.wait()
-    if rc != 0:
-        raise SystemExit(f"[demo] training {name} failed (exit {rc}); see {output_dir / f'{name}.train.log'}")
+    if run_logged(cmd, output_dir / f"{name}.train.log", progress_reporter("[demo]", name)) != 0:
+        raise SystemExit(f"[demo] training {name} failed; see {output_dir / f'{name}.train.log'}")
     return time.time() - start
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,16 +46,11 @@ def train(name: str, out: Path, config: str = CONFIG) -> float:
     cmd = [sys.executable, "-m", "dinov2.train.train", "--config-file", config, "--output-dir", str(out / name),
            *overrides, "evaluation.eval_period_iterations=0"]
     print(f"[regime] training {name}: {shlex.join(cmd[1:])}", flush=True)
+    from dinov2_eqcoh.experiments.study import progress_reporter, run_logged
+
     t0 = time.time()
-    with open(out / f"{name}.train.log", "a") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"})
-        for line in proc.stdout:
-            log.write(line)
-            if "Training  [" in line:
-                print(f"[regime]   {name} {line.split('Training  ')[1][:14].strip()}", flush=True)
-        if proc.wait() != 0:
-            raise SystemExit(f"[regime] training {name} failed; see {out / f'{name}.train.log'}")
+    if run_logged(cmd, out / f"{name}.train.log", progress_reporter("[regime]", name), mode="a") != 0:
+        raise SystemExit(f"[regime] training {name} failed; see {out / f'{name}.train.log'}")
     return time.time() - t0
 
 

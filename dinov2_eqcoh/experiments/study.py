@@ -181,6 +181,19 @@ def run_logged(cmd: list[str], log_path: Path, report, mode: str = "w") -> int:
         return proc.wait()
 
 
+def progress_reporter(prefix: str, name: str):
+    """A `run_logged` reporter for DINOv2's MetricLogger lines (every 10 iterations):
+    `<prefix>   <name> [it/N] total_loss L eta H:MM:SS`; None for every other line."""
+    def report(line: str) -> str | None:
+        if "Training  [" not in line or "eta: " not in line:
+            return None
+        it = line.split("Training  ")[1].split("]")[0].strip("[ ")
+        loss = line.split("total_loss: ")[1].split(" (")[0] if "total_loss: " in line else "?"
+        return f"{prefix}   {name} [{it}] total_loss {loss} eta {line.split('eta: ')[1].split()[0]}"
+
+    return report
+
+
 def train_run(model: str, seed: int, args, epochs: int, iterations: int, output_dir: Path, progress: str) -> float:
     """One DINOv2 training run in a subprocess; returns its wall time. A folder left by an interrupted run is
     removed first (it lost at most this run)."""
@@ -196,15 +209,7 @@ def train_run(model: str, seed: int, args, epochs: int, iterations: int, output_
           flush=True)
     start = time.time()
     log_path = output_dir / "runs" / f"{name}.train.log"
-
-    def report(line: str) -> str | None:
-        if "Training  [" not in line or "eta: " not in line:
-            return None
-        it = line.split("Training  ")[1].split("]")[0].strip("[ ") + "]"
-        loss = line.split("total_loss: ")[1].split(" (")[0] if "total_loss: " in line else "?"
-        return f"[study]   {name} [{it} total_loss {loss} eta {line.split('eta: ')[1].split()[0]}"
-
-    rc = run_logged(cmd, log_path, report)
+    rc = run_logged(cmd, log_path, progress_reporter("[study]", name))
     if rc != 0:
         raise SystemExit(f"[study] training {name} failed (exit {rc}); see {log_path}")
     seconds = time.time() - start
