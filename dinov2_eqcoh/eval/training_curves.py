@@ -139,7 +139,8 @@ def write_tensorboard_reconstructions(run_dir: str | Path, logdir: str | Path, d
         if it is None or it in done or any(it == i for i, _ in new):  # model_final repeats the last iteration
             continue
         if holds_sharded_tensors(path):
-            print(f"reconstructions: {path.name} is FSDP-sharded (one rank's shard); no grid drawn from it")
+            print(f"reconstructions: {path.name} is one rank's FSDP shard; no grid drawn from it (python -m "
+                  f"dinov2_eqcoh.weights.consolidate {run_dir} --iteration {it} writes a whole checkpoint)")
             done.add(it)
             continue
         new.append((it, path))

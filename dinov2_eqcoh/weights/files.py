@@ -93,11 +93,20 @@ def load_checkpoint_file(path: str | os.PathLike, allow_pickle: bool = False) ->
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file needs full unpickling (and `allow_pickle` is false) or is not a torch checkpoint.
+        ValueError: the file needs full unpickling (and `allow_pickle` is false), is not a torch checkpoint, or is
+            one rank's shard of a multi-process run (`dinov2_eqcoh.weights.consolidate` makes a whole one).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    from dinov2_eqcoh.weights.run_config import holds_sharded_tensors
+
+    if holds_sharded_tensors(path):
+        raise ValueError(
+            f"checkpoint {path} is one rank's shard of a multi-process (FSDP) run; write a whole one with "
+            f"`python -m dinov2_eqcoh.weights.consolidate {os.path.dirname(os.path.abspath(path))}` and pass "
+            "<run>/consolidated/<name>.pth, or use the run's eval/training_<N>/teacher_checkpoint.pth (teacher only)"
+        )
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)

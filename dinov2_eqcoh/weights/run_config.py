@@ -117,11 +117,11 @@ def history_entries(run_dir: str | os.PathLike) -> list[tuple[Path, int, int]]:
 def config_for_checkpoint(checkpoint: str | os.PathLike) -> Path | None:
     """The config a checkpoint inside a run folder was trained with, or None outside a run folder.
 
-    `<run>/model_*.pth` and `<run>/eval/<name>/teacher_checkpoint.pth`: the `config_history/` file whose iteration
+    `<run>/model_*.pth`, `<run>/consolidated/model_*.pth` and `<run>/eval/<name>/teacher_checkpoint.pth`: the `config_history/` file whose iteration
     range holds the checkpoint's iteration, else `<run>/config.yaml` (the latest segment's).
     """
     here = Path(checkpoint).resolve().parent
-    for run_dir in (here, here.parent.parent):
+    for run_dir in (here, here.parent, here.parent.parent):  # <run>/, <run>/consolidated/, <run>/eval/<name>/
         if (run_dir / "config.yaml").is_file() or (run_dir / HISTORY_DIR).is_dir():
             break
     else:
