@@ -124,7 +124,7 @@ def test_progress_reporter_reads_dinov2s_metric_logger_line(tmp_path):
     real subprocess's output, and keeps every line in the log."""
     import sys
 
-    from dinov2_eqcoh.experiments.study import progress_reporter, run_logged
+    from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
 
     line = ("I20261206 05:10:47 25413 dinov2 helpers.py:122] Training  [ 10/800]  eta: 0:10:35  lr: 0.0001 (0.0001)  "
             "total_loss: 5.8468 (5.9563)  dino_local_crops_loss: 2.7138 (2.7219)  time: 0.80418")

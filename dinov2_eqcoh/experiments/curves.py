@@ -36,8 +36,9 @@ from pathlib import Path
 import torch
 
 from dinov2_eqcoh.experiments.regime import CHOSEN, logged_train_seconds
+from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
 from dinov2_eqcoh.experiments.study import MODELS as STUDY_MODELS
-from dinov2_eqcoh.experiments.study import check_identity, get_metric, progress_reporter, run_logged
+from dinov2_eqcoh.experiments.study import check_identity, get_metric
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/demo/eqcoh_demo.yaml"

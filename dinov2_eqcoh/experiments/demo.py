@@ -62,7 +62,7 @@ def train_model(name: str, config_file: Path, output_dir: Path, opts: list[str])
     cmd = [sys.executable, "-m", "dinov2.train.train", "--config-file", str(config_file),
            "--output-dir", str(run_dir), *MODELS[name], *opts]
     print(f"[demo] training {name} ({DESCRIPTIONS[name]}): {' '.join(cmd[1:])}", flush=True)
-    from dinov2_eqcoh.experiments.study import progress_reporter, run_logged
+    from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
 
     start = time.time()
     if run_logged(cmd, output_dir / f"{name}.train.log", progress_reporter("[demo]", name)) != 0:

@@ -46,7 +46,7 @@ def train(name: str, out: Path, config: str = CONFIG) -> float:
     cmd = [sys.executable, "-m", "dinov2.train.train", "--config-file", config, "--output-dir", str(out / name),
            *overrides, "evaluation.eval_period_iterations=0"]
     print(f"[regime] training {name}: {shlex.join(cmd[1:])}", flush=True)
-    from dinov2_eqcoh.experiments.study import progress_reporter, run_logged
+    from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
 
     t0 = time.time()
     if run_logged(cmd, out / f"{name}.train.log", progress_reporter("[regime]", name), mode="a") != 0:

@@ -33,12 +33,13 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {
@@ -163,35 +164,6 @@ def scaled_epochs(base_epochs: int, budget: float) -> int:
 
 def run_name(model: str, seed: int) -> str:
     return f"{model}_s{seed}"
-
-
-def run_logged(cmd: list[str], log_path: Path, report, mode: str = "w") -> int:
-    """Run a training command in the repository with one intra-op thread (the data worker has the other core),
-    every output line into `log_path` after a `command:` line, and print what `report(line)` returns for a line
-    (None: nothing). Returns the exit code."""
-    with open(log_path, mode) as log:
-        log.write("command: " + " ".join(cmd[1:]) + "\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                env={"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"})
-        for line in proc.stdout:
-            log.write(line)
-            message = report(line)
-            if message:
-                print(message, flush=True)
-        return proc.wait()
-
-
-def progress_reporter(prefix: str, name: str):
-    """A `run_logged` reporter for DINOv2's MetricLogger lines (every 10 iterations):
-    `<prefix>   <name> [it/N] total_loss L eta H:MM:SS`; None for every other line."""
-    def report(line: str) -> str | None:
-        if "Training  [" not in line or "eta: " not in line:
-            return None
-        it = line.split("Training  ")[1].split("]")[0].strip("[ ")
-        loss = line.split("total_loss: ")[1].split(" (")[0] if "total_loss: " in line else "?"
-        return f"{prefix}   {name} [{it}] total_loss {loss} eta {line.split('eta: ')[1].split()[0]}"
-
-    return report
 
 
 def train_run(model: str, seed: int, args, epochs: int, iterations: int, output_dir: Path, progress: str) -> float:

@@ -83,6 +83,18 @@ def _numpy_safe_globals() -> list:
     return [numpy_core.multiarray.scalar, np.dtype] + [type(np.dtype(t)) for t in ("float64", "float32", "int64")]
 
 
+def holds_sharded_tensors(path: str | os.PathLike) -> bool:
+    """Whether a torch zip checkpoint pickles `ShardedTensor`s (FSDP LOCAL_STATE_DICT of a run with world size >
+    1); read from the archive's pickle stream, without unpickling (that needs the run's process group)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(z.read(n).find(b"ShardedTensor") >= 0 for n in z.namelist() if n.endswith("data.pkl"))
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def load_checkpoint_file(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
     """`torch.load` a checkpoint on the CPU, refusing files that need full unpickling unless `allow_pickle`.
 
@@ -99,8 +111,6 @@ def load_checkpoint_file(path: str | os.PathLike, allow_pickle: bool = False) ->
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
-    from dinov2_eqcoh.weights.run_config import holds_sharded_tensors
-
     if holds_sharded_tensors(path):
         raise ValueError(
             f"checkpoint {path} is one rank's shard of a multi-process (FSDP) run; write a whole one with "

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dinov2_eqcoh.weights.files import _numpy_safe_globals
+from dinov2_eqcoh.weights.files import _numpy_safe_globals, holds_sharded_tensors  # noqa: F401 - re-exported
 
 HISTORY_DIR = "config_history"
 _HISTORY_NAME = re.compile(r"^config\.(?P<stamp>[0-9T-]+)\.it(?P<start>\d+)-(?P<end>\d+)\.yaml$")
@@ -49,18 +49,6 @@ def _safe_globals() -> list:
 
 
 SHARDED = "<sharded>"  # read_checkpoint_meta of a sharded run's file: unpickling it needs the run's process group
-
-
-def holds_sharded_tensors(path: str | os.PathLike) -> bool:
-    """Whether a torch zip checkpoint pickles `ShardedTensor`s (FSDP LOCAL_STATE_DICT of a run with world size >
-    1); read from the archive's pickle stream, without unpickling (that needs the run's process group)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(z.read(n).find(b"ShardedTensor") >= 0 for n in z.namelist() if n.endswith("data.pkl"))
-    except (OSError, zipfile.BadZipFile):
-        return False
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> Any:
