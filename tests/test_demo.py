@@ -59,6 +59,11 @@ def test_demo_writes_the_documented_report(tmp_path):
     assert "homography 60 train / 20 test pairs" in (out / "report.md").read_text()
     assert report["settings"]["class_images"] == 90 and report["settings"]["eval_images"] == 60
     assert "EqCoh against each baseline" in (out / "report.md").read_text()
+    # the geometric R² without the fill (issue 21) for every row, on 52 px images shown at their centred 32 px
+    for m in [*report["models"].values(), *report["reference"].values()]:
+        assert set(m["r2_fill_free"]) == {"rot", "trans", "se2"} and m["fill_free_canvas"] == 52
+    assert report["reference"]["raw_pixels"]["r2_fill_free"]["trans"] != report["reference"]["raw_pixels"]["r2"]["trans"]
+    assert "| R²(rot) fill-free | R²(trans) fill-free | R²(se2) fill-free |" in (out / "report.md").read_text()
     assert f"Command: `python -m dinov2_eqcoh.experiments.demo --output-dir {out} " in (out / "report.md").read_text()
 
 

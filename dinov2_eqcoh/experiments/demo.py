@@ -44,6 +44,7 @@ DESCRIPTIONS = {
     "eqcoh": "DINOv2 + EqCoh (λ 1, K 2, SE(2))",
 }
 R2_TASKS = ("rot", "color", "blur", "trans", "se2")
+FILL_FREE_TASKS = ("rot", "trans", "se2")  # the tasks whose rendering uncovers corners (docs/fill_leak)
 # budget presets, overrides for all three models: "quick" is the demo config as it is (200 iterations, decoder
 # width 64: the decoders do not act yet); "regime" is where they act (docs/mechanism_regime.md: width 256, z_equi
 # from an unmasked pass, 800 iterations; EqCoh's run took 17 min on 2 cores there)
@@ -98,14 +99,38 @@ def probe_backbone(name: str, backbone, size: int, args) -> dict:
               flush=True)
         dense = {"dense": headline(dense_probes(backbone, size=DEFAULT_SIZE, seed=0,
                                                 scale=args.dense_scale))}
+    fill_free = fill_free_r2(name, backbone, size, args) if getattr(args, "fill_free", True) else {}
     return {
         **dense,
+        **fill_free,
         "r2": {t: r2[t] for t in (*R2_TASKS, "mean")},
         "knn_top1": inv["knn"]["cls"],
         "linear_top1": inv["linear"]["cls"],
         "equivariance": eq,
         "invariance": inv,
     }
+
+
+def fill_free_r2(name: str, backbone, size: int, args) -> dict:
+    """R² of the geometric tasks without the fill (issue 21): held-out images drawn at `fill_free_size(size)` px,
+    g_θ rendered on them, the backbone shown their centred `size` px, so no corner a rotation or shift uncovers is
+    seen (docs/fill_leak). Same images (seed 1), probe and features as `probe_backbone`'s R².
+
+    Returns:
+        {"r2_fill_free": {task: R², ...}, "fill_free_canvas": px}.
+    """
+    from dinov2_eqcoh.eval.equivariance import evaluate_equivariance, fill_free_size
+    from dinov2_eqcoh.eval.features import make_eval_dataset
+
+    canvas = fill_free_size(size)
+    ds = make_eval_dataset(f"Synthetic:n={args.eval_images}:size={canvas}:classes=10:seed=1", canvas)
+    print(f"[demo] evaluating {name}: fill-free R² ({', '.join(FILL_FREE_TASKS)}; {size} px of {canvas} px images)",
+          flush=True)
+    eq = evaluate_equivariance(backbone, ds, tasks=FILL_FREE_TASKS, features=(args.features,), crop=size,
+                               n_train=args.eval_images - args.eval_images // 3, n_test=args.eval_images // 3,
+                               epochs=args.probe_epochs, seed=0)
+    r2 = eq["r2"][args.features]
+    return {"r2_fill_free": {t: r2[t] for t in FILL_FREE_TASKS}, "fill_free_canvas": canvas}
 
 
 def dino_loss_at_end(run_dir: Path, cfg) -> dict:
@@ -220,6 +245,14 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
             + f" | {m['r2']['mean']:.3f} | {100 * m['knn_top1']:.1f} | {100 * m['linear_top1']:.1f} | {dense_cells(m)}"
             + f" | {dino} | {train} |"
         )
+    if any("r2_fill_free" in m for m in rows.values()):
+        lines += ["", "The geometric R² without the fill (g_θ rendered on larger images, the backbone shown their "
+                  "centre; docs/fill_leak: the fill carries translation):", "",
+                  "| model | " + " | ".join(f"R²({t}) fill-free" for t in FILL_FREE_TASKS) + " |",
+                  "|---|" + "---|" * len(FILL_FREE_TASKS)]
+        for name, m in rows.items():
+            ff = m.get("r2_fill_free")
+            lines.append(f"| {name} | " + " | ".join(f"{ff[t]:.3f}" if ff else "–" for t in FILL_FREE_TASKS) + " |")
     if "eqcoh" in models and len(models) > 1:
         e = models["eqcoh"]
         lines += ["", "EqCoh against each baseline (positive = EqCoh higher):", ""]
@@ -287,6 +320,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default="concat", choices=("cls", "avgpool", "concat"),
                    help="frozen features for the equivariance probe (concat = CLS and average-pooled patches)")
     p.add_argument("--skip-training", action="store_true", help="reuse the runs already in --output-dir")
+    p.add_argument("--no-fill-free", dest="fill_free", action="store_false",
+                   help="skip the fill-free R² of rot, trans, se2 (about a minute per model)")
     p.add_argument("--no-dense", dest="dense", action="store_false",
                    help="skip the dense probes (homography, propagation, segmentation; about a minute per model)")
     p.add_argument("--dense-scale", type=float, default=1.0,

@@ -60,7 +60,8 @@ DESCRIPTIONS = {
 # (metric key in a score record, label); R² tasks as in the demo, mean over the paper's four
 METRICS = {
     "r2.rot": "R²(rot)", "r2.color": "R²(color)", "r2.blur": "R²(blur)", "r2.trans": "R²(trans)",
-    "r2.se2": "R²(se2)", "r2.mean": "mean R²", "knn_top1": "k-NN top-1", "linear_top1": "linear top-1",
+    "r2.se2": "R²(se2)", "r2.mean": "mean R²", "r2_fill_free.rot": "R²(rot) fill-free",
+    "r2_fill_free.trans": "R²(trans) fill-free", "r2_fill_free.se2": "R²(se2) fill-free", "knn_top1": "k-NN top-1", "linear_top1": "linear top-1",
     "dense.mce": "homography MCE (px, lower better)", "dense.jf_mean": "propagation J&F", "dense.miou": "segmentation mIoU",
     "dino_ratio_end": "DINO loss / ln K (end)", "dino_ratio_last_quarter_max": "DINO / ln K, last-quarter max",
 }
@@ -220,7 +221,7 @@ def dino_trajectory(run_dir: Path, n_prototypes: int, iterations: int) -> dict:
 
 def probe_args(args) -> argparse.Namespace:
     return argparse.Namespace(eval_images=args.eval_images, class_images=args.class_images,
-                              probe_epochs=args.probe_epochs, features=args.features, dense=False)
+                              probe_epochs=args.probe_epochs, features=args.features, dense=False, fill_free=False)
 
 
 def global_probes(name: str, backbone, size: int, args) -> dict:
@@ -239,7 +240,14 @@ def dense_group(name: str, backbone, size: int, args) -> dict:
     return {"dense": headline(dense_probes(backbone, size=DEFAULT_SIZE, seed=0, scale=args.dense_scale))}
 
 
-PROBE_GROUPS = {"global": global_probes, "dense": dense_group}
+def fill_free_group(name: str, backbone, size: int, args) -> dict:
+    """R² of rot, trans, se2 without the fill (`experiments.demo.fill_free_r2`; issue 21, docs/fill_leak)."""
+    from dinov2_eqcoh.experiments.demo import fill_free_r2
+
+    return fill_free_r2(name, backbone, size, probe_args(args))
+
+
+PROBE_GROUPS = {"global": global_probes, "dense": dense_group, "fill_free": fill_free_group}
 
 
 def score_backbone(name: str, backbone, size: int, score_path: Path, args, extra: dict) -> dict:
@@ -525,9 +533,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-images", type=int, default=9000, help="held-out images for k-NN and linear")
     p.add_argument("--probe-epochs", type=int, default=100)
     p.add_argument("--features", default="concat", choices=("cls", "avgpool", "concat"))
-    p.add_argument("--probes", default="global,dense",
-                   help="probe groups: global (R² tasks, k-NN, linear) and dense (homography, propagation, "
-                        "segmentation at 64 px); a group added later is scored on the finished runs only")
+    p.add_argument("--probes", default="global,dense,fill_free",
+                   help="probe groups: global (R² tasks, k-NN, linear), dense (homography, propagation, "
+                        "segmentation at 64 px) and fill_free (R² of rot, trans, se2 with no filled corners); a group "
+                        "added later is scored on the finished runs only")
     p.add_argument("--dense-scale", type=float, default=1.0,
                    help="multiplies the dense probes' image and video counts (1 = the demo's; dense_probes)")
     p.add_argument("--title", default="dinov2-eqcoh study", help="title of the picture")
