@@ -3,6 +3,7 @@ table (real backbones: raw pixels and an untrained DINOv2 ViT of the tiny config
 
 import json
 
+import pytest
 from helpers import PYTHON, run
 
 TINY = "configs/tiny/eqcoh_cpu.yaml"
@@ -24,7 +25,7 @@ def test_fill_leak_compares_filled_and_fill_free_on_the_same_content(tmp_path):
 def test_dense_headroom_probes_every_backbone_on_every_dataset(tmp_path):
     out = tmp_path / "dense"
     run([PYTHON, "-m", "dinov2_eqcoh.experiments.dense_headroom", "--output-dir", out, "--config-file", TINY,
-         "--n-train", "8", "--n-test", "4", "--photometric", "0,1"], timeout=600)
+         "--n-train", "12", "--n-test", "4", "--photometric", "0,1", "--tasks", "seg,prop,hom"], timeout=600)
     result = json.loads((out / "dense_headroom.json").read_text())
     assert set(result["jf"]) == {"raw_pixels", "untrained"} and set(result["jf"]["raw_pixels"]) == {"0", "1"}
     assert "photometric 1" in (out / "dense_headroom.md").read_text()
@@ -33,6 +34,27 @@ def test_dense_headroom_probes_every_backbone_on_every_dataset(tmp_path):
         assert set(by) == {"SyntheticSeg", "SyntheticShapes", "SyntheticTextures"}
         assert all(0 <= v["miou"] <= 1 for v in by.values())
     assert "| raw_pixels |" in (out / "dense_headroom.md").read_text()
+    assert set(result["mce"]) == {"raw_pixels", "untrained"}
+    for by in result["mce"].values():
+        assert set(by) == {"Synthetic", "Photos"} and all(v["mce"] > 0 and v["mce_zero"] > 0 for v in by.values())
+    assert "Photos: crops of a photograph" in (out / "dense_headroom.md").read_text()
+
+
+def test_photo_crops_are_seeded_4_to_3_crops_of_the_bundled_photograph():
+    import numpy as np
+
+    from dinov2_eqcoh.data.datasets import make_dataset
+
+    ds = make_dataset(dataset_str="Photos:n=6:size=160:seed=1")
+    again = make_dataset(dataset_str="Photos:n=6:size=160:seed=1")
+    other = make_dataset(dataset_str="Photos:n=6:size=160:seed=2")
+    images = [np.asarray(ds[i][0]) for i in range(6)]
+    assert all(im.shape == (120, 160, 3) for im in images)
+    assert all(np.array_equal(im, np.asarray(again[i][0])) for i, im in enumerate(images))
+    assert not np.array_equal(images[0], np.asarray(other[0][0])) and not np.array_equal(images[0], images[1])
+    assert min(float(im.std()) for im in images) > 10  # photographic texture, not a flat fill
+    with pytest.raises(ValueError, match="unknown key 'classes' for Photos"):
+        make_dataset(dataset_str="Photos:n=6:classes=3")
 
 
 def test_photometric_videos_drift_in_colour_and_keep_their_masks():

@@ -138,6 +138,49 @@ class SyntheticGlyphs:
         return image, target
 
 
+class PhotoCrops:
+    """Crops of a photograph bundled with a dependency: photographic texture, no colour coding (issue 21).
+
+    The photograph is matplotlib's sample `grace_hopper.jpg` (600 x 512 px; matplotlib is in the `dev` extra): item
+    i is a 4:3 crop of it, `size` x 3/4·`size` px, whose width is uniform in [0.35, 0.9] of the photograph's and
+    whose position is uniform, mirrored with probability 1/2, all drawn from (seed, i). Label 0 (no classes).
+    """
+
+    PHOTO = "grace_hopper.jpg"
+
+    def __init__(self, n=1600, size=160, seed=0, transform=None, target_transform=None):
+        if n < 1 or size < 8:
+            raise ValueError(f"Photos: need n >= 1 and size >= 8, got n={n}, size={size}")
+        try:
+            from matplotlib import cbook
+        except ImportError as e:
+            raise ImportError(f"Photos: the photograph is matplotlib's sample {self.PHOTO}; pip install matplotlib "
+                              f"({e})") from None
+        self.photo = Image.open(cbook.get_sample_data(self.PHOTO, asfileobj=False)).convert("RGB")
+        self.n, self.size, self.seed = int(n), int(size), int(seed)
+        self.transform, self.target_transform = transform, target_transform
+
+    def __len__(self):
+        return self.n
+
+    def render(self, index) -> Image.Image:
+        rng = np.random.default_rng([self.seed, int(index)])
+        W, H = self.photo.size
+        w = rng.uniform(0.35, 0.9) * min(W, H * 4 / 3)
+        h = 0.75 * w
+        x0, y0 = rng.uniform(0, W - w), rng.uniform(0, H - h)
+        crop = self.photo.resize((self.size, round(0.75 * self.size)), Image.BILINEAR, box=(x0, y0, x0 + w, y0 + h))
+        return crop.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
+
+    def __getitem__(self, index):
+        image, target = self.render(index), 0
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+
 def _is_image(filename: str) -> bool:
     return filename.lower().endswith(IMG_EXTENSIONS)
 
@@ -266,6 +309,7 @@ class ImageFolder:
 _BUILDERS = {
     "Synthetic": (SyntheticGlyphs, {"n": int, "size": int, "classes": int, "seed": int}),
     "ImageFolder": (ImageFolder, {"root": str, "max_bad_fraction": float}),
+    "Photos": (PhotoCrops, {"n": int, "size": int, "seed": int}),
 }
 _DINOV2_NAMES = ("ImageNet", "ImageNet22k")
 
