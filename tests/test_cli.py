@@ -53,3 +53,44 @@ def test_bench_device_defaults_to_the_gpu_when_there_is_one(monkeypatch):
         except SystemExit:  # cuda "available" but absent: refused later, after the default was chosen
             pass
         assert args.device == expected
+
+
+def _cli_parsers():
+    """(module, parser) of every command-line tool of the package: each module with a `get_args_parser`."""
+    import importlib
+    import pkgutil
+
+    import dinov2_eqcoh
+
+    out = []
+    for info in pkgutil.walk_packages(dinov2_eqcoh.__path__, "dinov2_eqcoh."):
+        if info.name.startswith("dinov2_eqcoh._moved") or info.name in ("dinov2_eqcoh.study", "dinov2_eqcoh.export",
+                                                                           "dinov2_eqcoh.demo", "dinov2_eqcoh.bench"):
+            continue  # the 0.1 aliases
+        mod = importlib.import_module(info.name)
+        if callable(getattr(mod, "get_args_parser", None)) and mod.__name__ == info.name:
+            try:
+                parser = mod.get_args_parser()
+            except TypeError:  # DINOv2's own get_args_parser(add_help=...) re-exported: not ours
+                continue
+            out.append((info.name, parser))
+    return out
+
+
+def test_every_option_of_every_tool_has_help_and_output_means_a_file_output_dir_a_folder():
+    parsers = _cli_parsers()
+    assert len(parsers) >= 15
+    missing, wrong = [], []
+    for name, parser in parsers:
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or "-h" in action.option_strings:
+                continue
+            if not action.help:
+                missing.append(f"{name} {action.option_strings[0]}")
+            text = (action.help or "").lower()
+            if action.option_strings[0] == "--output" and not any(w in text for w in ("file", ".png", ".json", ".pth")):
+                wrong.append(f"{name} --output: {action.help!r} names no file")
+            if action.option_strings[0] == "--output-dir" and not any(w in text for w in ("folder", "where", "dir")):
+                wrong.append(f"{name} --output-dir: {action.help!r} names no folder")
+    assert not missing, "options without help: " + ", ".join(missing)
+    assert not wrong, "; ".join(wrong)

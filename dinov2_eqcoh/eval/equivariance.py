@@ -440,8 +440,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "at the eval size)")
     parser.add_argument("--tasks", default=",".join(PAPER_TASKS), help=f"comma list of {', '.join(TASKS)}")
     parser.add_argument("--features", default="both", help="cls, avgpool, concat or both (= cls,avgpool); comma list")
-    parser.add_argument("--n-train", type=int, default=1000)
-    parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--n-train", type=int, default=1000, help="images the probe is fitted on (default 1000)")
+    parser.add_argument("--n-test", type=int, default=500, help="held-out images it is scored on (default 500)")
     parser.add_argument("--epochs", type=int, default=100, help="at most this many probe epochs (default 100)")
     parser.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better validation MSE")
     parser.add_argument("--blur-sigma-units", default="probe_px", choices=BLUR_SIGMA_UNITS,

@@ -337,8 +337,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default=None,
                         help="Synthetic:n=..:size=..:classes=..:seed=.. or ImageFolder:root=<any image folder, e.g. "
                              "COCO val2014> (default: the built-in scenes, seed 1)")
-    parser.add_argument("--n-train", type=int, default=1200)
-    parser.add_argument("--n-test", type=int, default=400)
+    parser.add_argument("--n-train", type=int, default=1200, help="image pairs the head is fitted on (default 1200)")
+    parser.add_argument("--n-test", type=int, default=400, help="held-out pairs it is scored on (default 400)")
     parser.add_argument("--rho", type=float, default=None, help="corner displacement range in px (default: S / 4)")
     parser.add_argument("--epochs", type=int, default=40, help="at most this many head epochs (default 40)")
     parser.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better val MCE")

@@ -202,11 +202,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "the eval size); --train-dataset as in DINOv2's knn/linear evals")
     parser.add_argument("--test-dataset", "--val-dataset", dest="test_dataset", default=None,
                         help="a separate test set, e.g. ImageNet:split=VAL:root=..:extra=.. (default: split --dataset)")
-    parser.add_argument("--test-fraction", type=float, default=0.3)
+    parser.add_argument("--test-fraction", type=float, default=0.3, help="share of the images held out for scoring (default 0.3)")
     parser.add_argument("--features", default="cls,concat", help="cls, avgpool, concat or both (= cls,avgpool)")
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--temperature", type=float, default=0.07)
-    parser.add_argument("--linear-steps", type=int, default=300)
+    parser.add_argument("--k", type=int, default=20, help="neighbours of the weighted k-NN vote (default 20, DINO's)")
+    parser.add_argument("--temperature", type=float, default=0.07, help="temperature of the k-NN vote weights (default 0.07, DINO's)")
+    parser.add_argument("--linear-steps", type=int, default=300, help="optimisation steps of the linear probe (default 300)")
     return parser
 
 

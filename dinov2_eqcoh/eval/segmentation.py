@@ -334,10 +334,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default=None,
                         help="SyntheticSeg:n=..:size=..:classes=..:seed=.. or ADE20K:root=..[:classes=150] (default: "
                              "SyntheticSeg, seed 1, n_train + n_test images at the probe size)")
-    parser.add_argument("--n-train", type=int, default=600)
+    parser.add_argument("--n-train", type=int, default=600, help="images the linear probe is fitted on (default 600)")
     parser.add_argument("--n-test", type=int, default=200, help="held-out images (ADE20K: 0 = all validation images)")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of the linear probe (default 30)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="its learning rate (Adam, default 3e-3)")
     return parser
 
 

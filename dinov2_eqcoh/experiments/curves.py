@@ -228,7 +228,7 @@ def plot(curves: dict, path: Path) -> bool:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("dinov2_eqcoh.experiments.curves", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output-dir", default="out/curves", help="runs/, scores/, curves.json/.md/.png")
+    p.add_argument("--output-dir", default="out/curves", help="the folder of runs/, scores/, curves.json/.md/.png (default out/curves)")
     p.add_argument("--config-file", default=str(REPO / CONFIG), help="base config (the regime's overrides follow)")
     p.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}, trained in this order")
     p.add_argument("--iterations", type=int, default=2000, help="length of each run (10× the quick demo's 200)")

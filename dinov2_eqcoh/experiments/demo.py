@@ -308,7 +308,8 @@ def write_report(report: dict, output_dir: Path, command: str) -> None:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("dinov2_eqcoh demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output-dir", default="out/demo", help="where runs, report.md/json and PNGs go (default out/demo)")
-    p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"))
+    p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"),
+                   help="the config all three runs start from (default configs/demo/eqcoh_demo.yaml)")
     p.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
                    help="quick: the demo config (200 iterations, about 15 min); regime: where the decoders act "

@@ -41,11 +41,11 @@ def main(argv=None) -> int:
     from dinov2_eqcoh.weights.checkpoints import load_backbone
 
     p = argparse.ArgumentParser("dinov2_eqcoh.experiments.dense_headroom", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output-dir", default="out/dense_headroom")
+    p.add_argument("--output-dir", default="out/dense_headroom", help="where dense_headroom.json/.md go")
     p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"),
                    help="architecture of the untrained reference (with the mechanism regime's overrides)")
-    p.add_argument("--n-train", type=int, default=600)
-    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument("--n-train", type=int, default=600, help="images (pairs) each probe is fitted on")
+    p.add_argument("--n-test", type=int, default=200, help="held-out images (pairs) it is scored on")
     p.add_argument("--weights", nargs="*", default=[], help="name=checkpoint of trained baselines")
     p.add_argument("--tasks", default="seg,prop", help="comma list of seg (segmentation), prop (label propagation), "
                    "hom (homography on the built-in scenes and on crops of a bundled photograph)")

@@ -523,16 +523,18 @@ def write_outputs(output_dir: Path, args, identity, seeds, models, iterations, f
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("dinov2_eqcoh.experiments.study", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output-dir", default="out/study", help="runs/, scores/, study.json/.md/.png (default out/study)")
-    p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"))
+    p.add_argument("--output-dir", default="out/study", help="the folder of runs/, scores/, study.json/.md/.png (default out/study)")
+    p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"),
+                   help="the config every run starts from (default configs/demo/eqcoh_demo.yaml)")
     p.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a comma list of training seeds")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"subset of {','.join(MODELS)}")
     p.add_argument("--budget", type=float, default=1.0,
                    help="scales the training iterations (optim.epochs × budget, at least one epoch)")
     p.add_argument("--eval-images", type=int, default=3000, help="held-out images for the R² probes")
     p.add_argument("--class-images", type=int, default=9000, help="held-out images for k-NN and linear")
-    p.add_argument("--probe-epochs", type=int, default=100)
-    p.add_argument("--features", default="concat", choices=("cls", "avgpool", "concat"))
+    p.add_argument("--probe-epochs", type=int, default=100, help="at most this many epochs of the R² probe (early-stopped)")
+    p.add_argument("--features", default="concat", choices=("cls", "avgpool", "concat"),
+                   help="frozen features of the R² probe (concat = CLS and average-pooled patches)")
     p.add_argument("--probes", default="global,dense,fill_free",
                    help="probe groups: global (R² tasks, k-NN, linear), dense (homography, propagation, "
                         "segmentation at 64 px) and fill_free (R² of rot, trans, se2 with no filled corners); a group "

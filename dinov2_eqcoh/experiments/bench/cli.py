@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--amp", default=None, choices=("none", "bf16", "fp16"),
         help="autocast dtype of the steps (default: none on cpu, bf16 on cuda)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and inputs (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the steps (default: torch's)")
     parser.add_argument("--aug-rounds", type=int, default=None, help="timed augmentation batches per pipeline")
     parser.add_argument("--memory-iters", type=int, default=2, help="steps per model in the memory child (default 2)")
