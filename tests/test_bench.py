@@ -141,3 +141,13 @@ def test_bad_arguments_name_the_option():
         bench.build_bench_cfg("vitx")
     with pytest.raises(Exception, match="eqcoh.decoder.dimm"):  # a mistyped --opt is refused by the plugin's config
         bench.build_bench_cfg("tiny", extra_opts=["eqcoh.decoder.dimm=8"])
+
+
+def test_config_overrides_are_positional_key_values_as_everywhere_and_opt_still_works():
+    from dinov2_eqcoh.experiments.bench.cli import check_args, get_args_parser
+
+    args = get_args_parser().parse_args(["--opt", "eqcoh.d_equi=32", "eqcoh.decoder.dim=128", "optim.clip_grad=1.0"])
+    check_args(args)
+    assert args.opts == ["eqcoh.d_equi=32", "eqcoh.decoder.dim=128", "optim.clip_grad=1.0"]
+    with pytest.raises(SystemExit, match="KEY=VALUE, got \\['eqcoh.decoder.dim'\\]"):
+        check_args(get_args_parser().parse_args(["eqcoh.decoder.dim"]))

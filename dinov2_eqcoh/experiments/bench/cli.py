@@ -45,15 +45,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip", action="append", default=[], choices=("step", "memory", "augmentation", "flops"),
                         help="leave a measurement out (repeatable)")
     parser.add_argument("--opt", dest="opts", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for both models, e.g. --opt eqcoh.decoder.dim=128 (repeatable)")
+                        help="the same as a positional KEY=VALUE (kept for older commands; repeatable)")
     parser.add_argument("--output", default=None, help="JSON file (default out/bench/bench_<preset>_<device>.json)")
     parser.add_argument("--memory-worker", default=None, choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides for both models, as every other tool takes them (e.g. "
+                             "eqcoh.decoder.dim=128)")
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Fill the preset's defaults and reject impossible values with a message naming the option."""
     p = PRESETS[args.preset]
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise SystemExit(f"config overrides must be KEY=VALUE, got {bad}")
+    args.opts = [*args.opts, *args.overrides]
+    args.overrides = []
     if args.device is None:  # a GPU node benchmarks its GPU unless told otherwise
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_size is None and args.device == "cpu" and p.cpu_batch_size:
