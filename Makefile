@@ -16,7 +16,7 @@ STUDY_ARGS ?=
 LEARNED_OPTS := teacher.teacher_temp=0.01 teacher.warmup_teacher_temp=0.01
 PYTEST_ARGS ?=
 
-.PHONY: venv dinov2 test demo demo-regime study study-learned study-regime lint bench clean
+.PHONY: venv dinov2 test demo demo-regime study study-learned study-regime study-regime-fill-free lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -56,6 +56,13 @@ REGIME_OPTS := eqcoh.decoder.dim=256 eqcoh.extra_unmasked_pass=true
 study-regime: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_regime --title "mechanism regime (800 iterations)" \
 		--models dinov2,dinov2_aug,eqcoh,eqcoh_k1,eqcoh_head_only --budget 4 $(STUDY_ARGS) $(REGIME_OPTS)
+
+# issue 21 part 4: does fill-free geometry change any probe? The regime study plus DINOv2 + g and EqCoh trained with
+# eqcoh.fill_free=true, paired by seed with their filled twins (same folder; about 40 min more per seed)
+study-regime-fill-free: build/dinov2.stamp
+	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_regime --title "mechanism regime (800 iterations)" \
+		--models dinov2,dinov2_aug,eqcoh,eqcoh_k1,eqcoh_head_only,dinov2_aug_fill_free,eqcoh_fill_free --budget 4 \
+		$(STUDY_ARGS) $(REGIME_OPTS)
 
 bench: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.bench

@@ -149,3 +149,19 @@ def test_bad_arguments_are_named(tmp_path):
         proc = run([sys.executable, "-m", "dinov2_eqcoh.experiments.study", "--output-dir", tmp_path / "s", *args], check=False)
         assert proc.returncode != 0 and text in proc.stdout, proc.stdout
     assert not (tmp_path / "s").exists()
+
+
+def test_every_study_model_is_a_valid_config_that_differs_only_in_its_switches():
+    from dinov2_eqcoh.experiments.study import COMPARISONS, DESCRIPTIONS, MODELS
+    from dinov2_eqcoh.method.config import load_config
+
+    base = "configs/demo/eqcoh_demo.yaml"
+    cfgs = {m: load_config(base, opts) for m, opts in MODELS.items()}
+    assert set(DESCRIPTIONS) == set(MODELS)
+    assert {m for pair in COMPARISONS for m in pair} <= {*MODELS, "untrained"}
+    assert cfgs["eqcoh_fill_free"].eqcoh.fill_free and not cfgs["eqcoh"].eqcoh.fill_free
+    assert cfgs["dinov2_aug_fill_free"].eqcoh.fill_free and cfgs["dinov2_aug_fill_free"].eqcoh.loss_weight == 0
+    # a fill-free twin differs from its filled model in that one key
+    for twin, model in (("eqcoh_fill_free", "eqcoh"), ("dinov2_aug_fill_free", "dinov2_aug")):
+        a, b = cfgs[twin].eqcoh, cfgs[model].eqcoh
+        assert [k for k in a if a[k] != b[k]] == ["fill_free"]

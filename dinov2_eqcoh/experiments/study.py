@@ -48,6 +48,9 @@ MODELS = {
     "eqcoh": ["eqcoh.n_intermediate=2"],
     "eqcoh_k1": ["eqcoh.n_intermediate=1"],
     "eqcoh_head_only": ["eqcoh.loss_weight=0", "eqcoh.keep_head_split=true"],
+    # issue 21 part 4: the same two models trained with fill-free geometry (no corner a rotation or shift uncovers)
+    "dinov2_aug_fill_free": ["eqcoh.loss_weight=0", "eqcoh.fill_free=true"],
+    "eqcoh_fill_free": ["eqcoh.n_intermediate=2", "eqcoh.fill_free=true"],
 }
 DEFAULT_MODELS = ("dinov2", "dinov2_aug", "eqcoh", "eqcoh_k1")
 DESCRIPTIONS = {
@@ -56,6 +59,8 @@ DESCRIPTIONS = {
     "eqcoh": "DINOv2 + EqCoh (λ 1, K 2)",
     "eqcoh_k1": "DINOv2 + EqCoh (λ 1, K 1)",
     "eqcoh_head_only": "EqCoh's head split (z_inv to DINOv2's heads) with λ 0: the architecture without L_recon",
+    "dinov2_aug_fill_free": "DINOv2 + g, g rendered fill-free (eqcoh.fill_free)",
+    "eqcoh_fill_free": "DINOv2 + EqCoh (λ 1, K 2), g rendered fill-free (eqcoh.fill_free)",
 }
 # (metric key in a score record, label); R² tasks as in the demo, mean over the paper's four
 METRICS = {
@@ -68,7 +73,9 @@ METRICS = {
 HEADLINE = ("r2.rot", "r2.mean", "knn_top1")
 # (a, b): a − b paired by seed
 COMPARISONS = (("eqcoh", "dinov2"), ("eqcoh", "dinov2_aug"), ("eqcoh", "eqcoh_k1"), ("eqcoh", "eqcoh_head_only"),
-               ("dinov2_aug", "dinov2"), ("dinov2", "untrained"), ("eqcoh", "untrained"))
+               ("dinov2_aug", "dinov2"), ("dinov2", "untrained"), ("eqcoh", "untrained"),
+               ("dinov2_aug_fill_free", "dinov2_aug"), ("eqcoh_fill_free", "eqcoh"),
+               ("eqcoh_fill_free", "dinov2_aug_fill_free"))
 # two-sided 95 % Student-t quantiles t_{0.975, df}
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
