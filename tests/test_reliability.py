@@ -89,7 +89,7 @@ def test_missing_and_empty_folders_are_named(tmp_path):
 @pytest.mark.parametrize(
     "dataset_str, message",
     [
-        ("Imagenet:split=TRAIN", r"unknown dataset 'Imagenet' .*allowed: Synthetic, ImageFolder, ImageNet, ImageNet"),
+        ("Imagenet:split=TRAIN", r"unknown dataset 'Imagenet' .*allowed: Synthetic, ImageFolder, Photos, ImageNet, ImageNet"),
         ("Synthetic:n=8:colour=red", r"unknown key 'colour' for Synthetic; allowed: n, size, classes, seed"),
         ("Synthetic:n=eight", r"Synthetic key 'n=eight' is not a valid int"),
         ("Synthetic:n=8:seed", r"'seed' in 'Synthetic:n=8:seed' is not key=value"),
