@@ -165,3 +165,42 @@ def test_every_study_model_is_a_valid_config_that_differs_only_in_its_switches()
     for twin, model in (("eqcoh_fill_free", "eqcoh"), ("dinov2_aug_fill_free", "dinov2_aug")):
         a, b = cfgs[twin].eqcoh, cfgs[model].eqcoh
         assert [k for k in a if a[k] != b[k]] == ["fill_free"]
+
+
+def test_a_comment_in_the_config_does_not_orphan_a_study_a_changed_value_does(tmp_path, capsys):
+    import argparse
+    import shutil
+
+    import pytest
+
+    from dinov2_eqcoh.experiments.study import check_identity, study_identity
+
+    config = tmp_path / "demo.yaml"
+    shutil.copy("configs/demo/eqcoh_demo.yaml", config)
+    args = argparse.Namespace(config_file=str(config), opts=[], budget=1.0, eval_images=30, class_images=30,
+                              probe_epochs=1, features="concat", dense_scale=1.0)
+    out = tmp_path / "study"
+    first = study_identity(args, 4)
+    check_identity(out, first)
+    recorded = json.loads((out / "study_config.json").read_text())
+    assert recorded == first and "config_content_sha256" in recorded
+
+    config.write_text(config.read_text() + "# eqcoh.fill_free: false, the default (a comment only)\n")
+    check_identity(out, study_identity(args, 4))  # resumes
+    assert "its text changed, not its content" in capsys.readouterr().out
+    assert json.loads((out / "study_config.json").read_text())["config_sha256"] != first["config_sha256"]
+
+    config.write_text(config.read_text().replace("base_lr: 0.004", "base_lr: 0.005"))
+    before = (out / "study_config.json").read_text()
+    with pytest.raises(SystemExit, match="config_content_sha256"):
+        check_identity(out, study_identity(args, 4))
+    assert (out / "study_config.json").read_text() == before
+
+    # a folder recorded before the content fingerprint: matched on the bytes, then upgraded in place
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    now = study_identity(args, 4)
+    (legacy / "study_config.json").write_text(json.dumps({k: v for k, v in now.items()
+                                                          if k != "config_content_sha256"}))
+    check_identity(legacy, now)
+    assert json.loads((legacy / "study_config.json").read_text()) == now

@@ -38,7 +38,7 @@ import torch
 from dinov2_eqcoh.experiments.regime import CHOSEN, logged_train_seconds
 from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
 from dinov2_eqcoh.experiments.study import MODELS as STUDY_MODELS
-from dinov2_eqcoh.experiments.study import check_identity, get_metric
+from dinov2_eqcoh.experiments.study import check_identity, config_fingerprint, get_metric
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/demo/eqcoh_demo.yaml"
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--iterations {args.iterations}: a multiple of train.OFFICIAL_EPOCH_LENGTH = {epoch}")
     period = math.gcd(*points)
     identity = {"config_file": str(args.config_file),
-                "config_sha256": __import__("hashlib").sha256(Path(args.config_file).read_bytes()).hexdigest(),
+                **config_fingerprint(args.config_file),
                 "regime": list(CHOSEN), "opts": list(args.opts), "iterations": args.iterations, "seed": args.seed,
                 "eval_images": args.eval_images, "class_images": args.class_images, "probe_epochs": args.probe_epochs,
                 "homography_pairs": args.homography_pairs}

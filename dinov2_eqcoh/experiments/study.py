@@ -127,12 +127,23 @@ def parse_seeds(spec: str) -> list[int]:
 
 # --- the folder's identity --------------------------------------------------------------------------------------
 
+def config_fingerprint(config_file: str | Path) -> dict:
+    """The config file's identity: `config_sha256` of its bytes and `config_content_sha256` of its content as
+    OmegaConf reads it (comments and layout do not count), so that a comment edited in a shipped config does not
+    orphan the studies trained from it."""
+    from omegaconf import OmegaConf
+
+    text = Path(config_file).read_bytes()
+    content = OmegaConf.to_yaml(OmegaConf.load(config_file)).encode()
+    return {"config_sha256": hashlib.sha256(text).hexdigest(),
+            "config_content_sha256": hashlib.sha256(content).hexdigest()}
+
+
 def study_identity(args, base_epochs: int) -> dict:
     """What makes two studies comparable: config file contents, overrides, budget and probe settings."""
-    text = Path(args.config_file).read_bytes()
     return {
         "config_file": str(args.config_file),
-        "config_sha256": hashlib.sha256(text).hexdigest(),
+        **config_fingerprint(args.config_file),
         "opts": list(args.opts),
         "budget": args.budget,
         "epochs": scaled_epochs(base_epochs, args.budget),
@@ -150,8 +161,20 @@ def check_identity(output_dir: Path, identity: dict, name: str = "study") -> Non
     path = output_dir / f"{name}_config.json"
     if path.exists():
         old = json.loads(path.read_text())
+        # the config's text may change where its content does not (a comment): same content, same experiment. A
+        # folder recorded before the content fingerprint existed is matched on the bytes and gets it added.
+        same_text = old.get("config_sha256") == identity.get("config_sha256")
+        same_content = old.get("config_content_sha256", identity.get("config_content_sha256") if same_text else None) \
+            == identity.get("config_content_sha256")
+        ignore = {"config_file"} | ({"config_sha256", "config_content_sha256"} if same_content else set())
         diff = {k: (old.get(k), identity.get(k)) for k in sorted(set(old) | set(identity))
-                if old.get(k) != identity.get(k) and k != "config_file"}
+                if old.get(k) != identity.get(k) and k not in ignore}
+        if not diff and (not same_text or "config_content_sha256" not in old):
+            if not same_text:
+                print(f"[{name}] {identity['config_file']}: its text changed, not its content (comments or layout): "
+                      "resuming", flush=True)
+            path.write_text(json.dumps({**old, **{k: identity[k] for k in ("config_sha256", "config_content_sha256")
+                                                  if k in identity}}, indent=1) + "\n")
         if diff:
             lines = "\n".join(f"  {k}: {a!r} in the folder, {b!r} now" for k, (a, b) in diff.items())
             raise SystemExit(
