@@ -51,7 +51,8 @@ study-learned: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_learned --title "learned-invariance regime" $(STUDY_ARGS) $(LEARNED_OPTS)
 
 # issue 29 part 5: the study where the decoders act (docs/mechanism_regime.md): 800 iterations, five models, 3 seeds
-# (about 3 h on 2 cores; resumable: rerun the same command)
+# (about 4 h on 2 cores: 30 min for the first run and its references, 229 min estimated for the rest; resumable:
+# rerun the same command)
 REGIME_OPTS := eqcoh.decoder.dim=256 eqcoh.extra_unmasked_pass=true
 study-regime: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_regime --title "mechanism regime (800 iterations)" \
