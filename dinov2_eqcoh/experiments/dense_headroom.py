@@ -30,16 +30,7 @@ DATASETS = {"SyntheticSeg": "colour-coded scenes (a class has its colours)",
             "SyntheticTextures": "textures, colours and phase random per region"}
 
 
-def main(argv=None) -> int:
-    from dinov2.models import build_model_from_cfg
-
-    from dinov2_eqcoh.eval.dense import DEFAULT_SIZE
-    from dinov2_eqcoh.eval.features import RawPixels
-    from dinov2_eqcoh.eval.segmentation import evaluate_segmentation, make_segmentation_datasets
-    from dinov2_eqcoh.experiments.regime import CHOSEN
-    from dinov2_eqcoh.method.config import load_config
-    from dinov2_eqcoh.weights.checkpoints import load_backbone
-
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("dinov2_eqcoh.experiments.dense_headroom", description=__doc__.split("\n\n")[0])
     p.add_argument("--output-dir", default="out/dense_headroom", help="where dense_headroom.json/.md go")
     p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"),
@@ -50,7 +41,20 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default="seg,prop", help="comma list of seg (segmentation), prop (label propagation), "
                    "hom (homography on the built-in scenes and on crops of a bundled photograph)")
     p.add_argument("--photometric", default="0,0.6,1", help="propagation: colour drift levels of the videos")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    from dinov2.models import build_model_from_cfg
+
+    from dinov2_eqcoh.eval.dense import DEFAULT_SIZE
+    from dinov2_eqcoh.eval.features import RawPixels
+    from dinov2_eqcoh.eval.segmentation import evaluate_segmentation, make_segmentation_datasets
+    from dinov2_eqcoh.experiments.regime import CHOSEN
+    from dinov2_eqcoh.method.config import load_config
+    from dinov2_eqcoh.weights.checkpoints import load_backbone
+
+    args = get_args_parser().parse_args(argv)
     tasks = {t.strip() for t in args.tasks.split(",") if t.strip()}
     if not tasks or tasks - {"seg", "prop", "hom"}:
         raise SystemExit(f"--tasks {args.tasks!r}: a comma list of seg, prop, hom")

@@ -40,6 +40,16 @@ class CenterCropped(torch.utils.data.Dataset):
         return center_crop(image, self.size), label
 
 
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("dinov2_eqcoh.experiments.fill_leak", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output-dir", default="out/fill_leak", help="where fill_leak.json/.md go (default out/fill_leak)")
+    p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"), help="architecture, crop")
+    p.add_argument("--images", type=int, default=1500, help="held-out images (2/3 fit, 1/3 scored)")
+    p.add_argument("--epochs", type=int, default=100, help="at most this many epochs of the R² probe (early-stopped)")
+    p.add_argument("--weights", nargs="*", default=[], help="name=checkpoint of further backbones to probe")
+    return p
+
+
 def main(argv=None) -> int:
     from dinov2.models import build_model_from_cfg
 
@@ -48,13 +58,7 @@ def main(argv=None) -> int:
     from dinov2_eqcoh.method.config import load_config
     from dinov2_eqcoh.weights.checkpoints import load_backbone
 
-    p = argparse.ArgumentParser("dinov2_eqcoh.experiments.fill_leak", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output-dir", default="out/fill_leak", help="where fill_leak.json/.md go (default out/fill_leak)")
-    p.add_argument("--config-file", default=str(REPO / "configs/demo/eqcoh_demo.yaml"), help="architecture, crop")
-    p.add_argument("--images", type=int, default=1500, help="held-out images (2/3 fit, 1/3 scored)")
-    p.add_argument("--epochs", type=int, default=100, help="at most this many epochs of the R² probe (early-stopped)")
-    p.add_argument("--weights", nargs="*", default=[], help="name=checkpoint of further backbones to probe")
-    args = p.parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(args.config_file)
