@@ -163,10 +163,8 @@ def render_views(batch, cfg, device=None) -> tuple[torch.Tensor, torch.Tensor | 
         return u, None
     options = render_options(cfg)
     thetas = path_thetas(batch["eqcoh_theta"].to(device, non_blocking=True), K)  # (B, K+1, P): θ_1..θ_K, θ
-    if not apply_to_view:  # v2 is the θ = 0 state: u itself, or u's centre when fill-free
-        thetas = torch.cat([thetas[:, :-1], torch.zeros_like(thetas[:, -1:])], dim=1)
-        if options["zoom"] == 1.0:
-            thetas = thetas[:, :-1]
+    if not apply_to_view:  # v2 is the θ = 0 state: u itself (not rendered), or u's centre when fill-free
+        thetas = thetas[:, :-1] if options["zoom"] == 1.0 else torch.cat([thetas[:, :-1], 0 * thetas[:, -1:]], dim=1)
     if not with_targets:
         thetas = thetas[:, -1:]
     no_autocast = (

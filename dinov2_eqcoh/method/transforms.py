@@ -188,10 +188,7 @@ def fill_free_zoom(name: str, ranges: Mapping, size: int) -> float:
     f = corner_factor(*bounds["rotation"]) if name != "translation" else 1.0
     t_max = max(abs(v) for v in bounds["translation"]) if name != "rotation" else 0.0
     inner = 1.0 - 1.0 / int(size)
-    c = inner / (f * (inner + 2.0 * t_max))
-    if c <= 0.0:  # not reachable for finite ranges; kept as a guard of the formula
-        raise ValueError(f"fill_free_zoom: no fill-free view exists for {name} with ranges {dict(bounds)}")
-    return c
+    return inner / (f * (inner + 2.0 * t_max))
 
 
 def path_thetas(theta: torch.Tensor, K: int) -> torch.Tensor:

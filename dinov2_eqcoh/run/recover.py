@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import zipfile
 from pathlib import Path
 from typing import Callable
 
+from dinov2_eqcoh.weights.run_config import RANK_FILE
+
 logger = logging.getLogger("dinov2")
 
-_MODEL_FILE = re.compile(r"^model_(\d+|final)\.rank_(\d+)\.pth$")
 _cache: dict[tuple[str, int, int], str | None] = {}
 UNKNOWN_LAST = 2**62  # the iteration of a damaged model_final whose run length is not known: after every other
 
@@ -69,7 +69,7 @@ def _damage(path: Path, size: int) -> str | None:
 
 def _iteration(path: Path, max_iter: int | None) -> int | None:
     """The iteration of `model_<N>.rank_R.pth` from its name; of `model_final`, the run's last iteration."""
-    m = _MODEL_FILE.match(path.name)
+    m = RANK_FILE.match(path.name)
     if not m:
         return None
     if m.group(1) != "final":

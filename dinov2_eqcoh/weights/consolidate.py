@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
 
-RANK_FILE = re.compile(r"^model_(?P<it>\d+|final)\.rank_(?P<rank>\d+)\.pth$")
+from dinov2_eqcoh.weights.run_config import RANK_FILE
+
 OUTPUT_DIR = "consolidated"
 
 

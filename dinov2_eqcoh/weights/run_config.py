@@ -21,6 +21,8 @@ HISTORY_DIR = "config_history"
 _HISTORY_NAME = re.compile(r"^config\.(?P<stamp>[0-9T-]+)\.it(?P<start>\d+)-(?P<end>\d+)\.yaml$")
 _EVAL_DIR = re.compile(r"^(?:training|manual)_(\d+)$")
 _MODEL_FILE = re.compile(r"^model_(\d+)\.rank_\d+\.pth$")
+# every rank file a run writes, `model_final` included (run.recover, weights.consolidate)
+RANK_FILE = re.compile(r"^model_(?P<it>\d+|final)\.rank_(?P<rank>\d+)\.pth$")
 
 
 class CheckpointReadError(ValueError):
