@@ -122,6 +122,34 @@ def test_cli_names_what_is_wrong(tiny_run, tmp_path):
     assert proc.returncode == 2 and "no training checkpoint" in proc.stdout
 
 
+def test_a_study_reports_the_diagnostics_of_its_eqcoh_runs(tiny_run, tmp_path):
+    """`study --score-only --probes reconstruction` on a folder holding one finished EqCoh run (the tiny run) and one
+    unfinished: the finished run's final student is diagnosed, nothing is trained, the references get nothing, and
+    study.md has a row per D_k with the figures of the run's own JSON."""
+    import shutil
+
+    out = tmp_path / "study"
+    shutil.copytree(tiny_run, out / "runs" / "eqcoh_s0")
+    (out / "runs" / "eqcoh_s0" / "study_train.json").write_text(json.dumps({"train_seconds": 1.0, "command": []}))
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.experiments.study", "--output-dir", out, "--config-file", CFG,
+                "--models", "eqcoh", "--seeds", "2", "--probes", "reconstruction", "--score-only"], timeout=600)
+    assert "1 finished, 1 left untrained (--score-only)" in proc.stdout and "training " not in proc.stdout
+    assert not (out / "runs" / "eqcoh_s1").exists()
+    score = json.loads((out / "scores" / "eqcoh_s0.json").read_text())
+    rec = score["reconstruction"]
+    assert rec["K"] == 2 and rec["iteration"] == 3 and rec["n"] == 256 and len(rec["per_k"]) == 2
+    assert rec["grad_ratio"] > 0 and "acting_since" in rec
+    for ref in ("untrained_s0", "raw_pixels"):  # no decoders: scored as done, nothing in them
+        ref_score = json.loads((out / "scores" / f"{ref}.json").read_text())
+        assert ref_score["probes_done"] == ["reconstruction"] and "reconstruction" not in ref_score
+    report = (out / "study.md").read_text()
+    assert "The decoders' diagnostics" in report
+    for r in rec["per_k"]:
+        row = next(line for line in report.splitlines() if line.startswith(f"| eqcoh | 1 | {r['k']} |"))
+        assert f"| {r['mse']:.3f} | {r['copy_v2']:.3f} | {r['pooled_v2']:.3f} | {r['path_position']:.2f} |" in row
+        assert f"| {'1/1' if rec['acts'] else '0/1'} |" in row
+
+
 def test_acting_since_reads_the_training_logs():
     from dinov2_eqcoh.eval.reconstruction import acting_since, record_acts
 

@@ -84,18 +84,19 @@ def test_study_trains_scores_resumes_and_refuses_another_configuration(tmp_path)
     assert _tree(out / "scores") == before
 
     # a probe group added later is scored on the finished runs only; nothing global is run again
-    bookkeeping = ("probes_done", "probe_seconds", "dense", "r2_fill_free", "fill_free_canvas")
+    bookkeeping = ("probes_done", "probe_seconds", "dense", "r2_fill_free", "fill_free_canvas", "reconstruction")
     global_before = {p.name: {k: v for k, v in json.loads(p.read_text()).items() if k not in bookkeeping}
                      for p in (out / "scores").glob("*.json")}
-    denser = run([*cmd[:cmd.index("global")], "global,dense,fill_free", *cmd[cmd.index("global") + 1:]],
-                 timeout=300).stdout
+    denser = run([*cmd[:cmd.index("global")], "global,dense,fill_free,reconstruction",
+                  *cmd[cmd.index("global") + 1:]], timeout=300).stdout
     assert "0 to train" in denser and "training " not in denser and ": global" not in denser
     assert denser.count(": dense") == len(global_before) == 5  # 2 runs, the untrained backbone of each seed, pixels
     assert denser.count(": fill_free") == 5
     study = json.loads((out / "study.json").read_text())
     for p in (out / "scores").glob("*.json"):
         score = json.loads(p.read_text())
-        assert score["probes_done"] == ["global", "dense", "fill_free"]
+        assert score["probes_done"] == ["global", "dense", "fill_free", "reconstruction"]
+        assert "reconstruction" not in score  # vanilla DINOv2 (λ 0) and the references have no decoders
         assert set(score["r2_fill_free"]) == {"rot", "trans", "se2"}
         assert {k: v for k, v in score.items() if k not in bookkeeping} == global_before[p.name]
         assert score["dense"]["mce_zero"] > 0 and 0 <= score["dense"]["miou"] <= 1
@@ -145,7 +146,7 @@ def test_progress_reporter_reads_dinov2s_metric_logger_line(tmp_path):
 def test_bad_arguments_are_named(tmp_path):
     for args, text in ((["--seeds", "two"], "--seeds"), (["--models", "dinov3"], "unknown ['dinov3']"),
                        (["--budget", "0"], "--budget"), (["--dense-scale", "0"], "--dense-scale"),
-                       (["--probes", "global,depth"], "allowed groups global, dense, fill_free")):
+                       (["--probes", "global,depth"], "allowed groups global, dense, fill_free, reconstruction")):
         proc = run([sys.executable, "-m", "dinov2_eqcoh.experiments.study", "--output-dir", tmp_path / "s", *args], check=False)
         assert proc.returncode != 0 and text in proc.stdout, proc.stdout
     assert not (tmp_path / "s").exists()

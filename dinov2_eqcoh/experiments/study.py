@@ -10,15 +10,17 @@ Trains S training seeds (`train.seed`, honoured by patches/0008) × the models
   the reconstruction loss from the extra head,
 
 all on one config and budget, through DINOv2's own training loop (`python -m dinov2.train.train`, one process per
-run), probes every final teacher backbone with the demo's probes (R² tasks, k-NN, linear; `demo.probe_backbone`)
-and, once per seed, an untrained backbone of the same architecture. Writes `study.json` (every per-seed figure),
+run), probes every final teacher backbone with the demo's probes (R² tasks, k-NN, linear; `demo.probe_backbone`),
+the dense probes and the fill-free R², and, once per seed, an untrained backbone of the same architecture (raw pixels
+once); the final student of every run trained with λ > 0 gets the decoders' diagnostics (`eval.reconstruction`). Writes `study.json` (every per-seed figure),
 `study.md` and `study.png` (per-seed points, mean and 95 % interval per model and metric; paired differences
 EqCoh − each baseline, paired by training seed, with their intervals).
 
 Resumable: rerunning the same command skips finished runs and re-scores nothing already scored (`scores/`); an
 interrupted study loses at most the run in flight (its folder is removed and it is trained again). The folder
 belongs to one study configuration (config file contents, overrides, budget, probe settings: `study_config.json`);
-another one is refused with the fields that differ. Seeds and models may be added to a folder.
+another one is refused with the fields that differ. Seeds and models may be added to a folder. `--score-only`
+trains nothing: it scores the finished runs with the probe groups they miss and rewrites the report.
 
     python -m dinov2_eqcoh.experiments.study [--output-dir out/study] [--seeds 3 | 0,1,2] [--models dinov2,dinov2_aug,eqcoh,eqcoh_k1]
         [--budget 1.0] [--config-file configs/demo/eqcoh_demo.yaml] [key=value ...]
@@ -254,7 +256,7 @@ def probe_args(args) -> argparse.Namespace:
                               probe_epochs=args.probe_epochs, features=args.features, dense=False, fill_free=False)
 
 
-def global_probes(name: str, backbone, size: int, args) -> dict:
+def global_probes(name: str, backbone, size: int, args, run_dir: Path | None = None) -> dict:
     """The demo's probes: R² tasks, k-NN and linear on held-out built-in images (probe seed 0 for every run)."""
     from dinov2_eqcoh.experiments.demo import probe_backbone
 
@@ -263,25 +265,44 @@ def global_probes(name: str, backbone, size: int, args) -> dict:
             "blur_sigma_definition": out["equivariance"].get("blur_sigma_definition")}
 
 
-def dense_group(name: str, backbone, size: int, args) -> dict:
+def dense_group(name: str, backbone, size: int, args, run_dir: Path | None = None) -> dict:
     """The dense probes (homography MCE, label-propagation J&F, segmentation mIoU) at DENSE_SIZE px, built-in data."""
     from dinov2_eqcoh.eval.dense import DEFAULT_SIZE, dense_probes, headline
 
     return {"dense": headline(dense_probes(backbone, size=DEFAULT_SIZE, seed=0, scale=args.dense_scale))}
 
 
-def fill_free_group(name: str, backbone, size: int, args) -> dict:
+def fill_free_group(name: str, backbone, size: int, args, run_dir: Path | None = None) -> dict:
     """R² of rot, trans, se2 without the fill (`experiments.demo.fill_free_r2`; issue 21, docs/fill_leak)."""
     from dinov2_eqcoh.experiments.demo import fill_free_r2
 
     return fill_free_r2(name, backbone, size, probe_args(args))
 
 
-PROBE_GROUPS = {"global": global_probes, "dense": dense_group, "fill_free": fill_free_group}
+def reconstruction_group(name: str, backbone, size: int, args, run_dir: Path | None = None) -> dict:
+    """The decoders' diagnostics (`eval.reconstruction.diagnose`: each D_k's MSE against copy v2 and v2 pooled to the
+    token grid, where it lands on the path, the gradient ratio) on the final student of a run trained with λ > 0,
+    DIAGNOSTIC_IMAGES fresh built-in images, and the first iteration from which the training logs meet issue 29's
+    target to the end (`acting_since`). Runs without decoders (λ 0) and the references have none: nothing."""
+    from dinov2_eqcoh.method.config import load_config
+
+    if run_dir is None or float(load_config(run_dir / "config.yaml").eqcoh.loss_weight) <= 0:
+        return {}
+    from dinov2_eqcoh.eval.reconstruction import acting_since, diagnose, training_records
+
+    report = diagnose(run_dir / "model_final.rank_0.pth", n=DIAGNOSTIC_IMAGES)
+    return {"reconstruction": {**report, "acting_since": acting_since(training_records(run_dir))}}
 
 
-def score_backbone(name: str, backbone, size: int, score_path: Path, args, extra: dict) -> dict:
-    """Run the probe groups missing from `score_path` (nothing already scored is run again) and save after each."""
+PROBE_GROUPS = {"global": global_probes, "dense": dense_group, "fill_free": fill_free_group,
+                "reconstruction": reconstruction_group}
+DIAGNOSTIC_IMAGES = 256
+
+
+def score_backbone(name: str, backbone, size: int, score_path: Path, args, extra: dict,
+                   run_dir: Path | None = None) -> dict:
+    """Run the probe groups missing from `score_path` (nothing already scored is run again) and save after each.
+    `run_dir`: the trained run behind `backbone` (None for the references)."""
     score = json.loads(score_path.read_text()) if score_path.exists() else {}
     score.update({k: v for k, v in extra.items() if k not in score})
     for group in args.probes:
@@ -290,7 +311,7 @@ def score_backbone(name: str, backbone, size: int, score_path: Path, args, extra
             continue
         print(f"[study]   probing {name}: {group}", flush=True)
         t0 = time.time()
-        score.update(fn(name, backbone, size, args))
+        score.update(fn(name, backbone, size, args, run_dir))
         score.setdefault("probe_seconds", {})[group] = time.time() - t0
         score["probes_done"] = [*score.get("probes_done", []), group]
         tmp = score_path.with_suffix(".tmp")
@@ -318,7 +339,7 @@ def score_run(model: str, seed: int, output_dir: Path, args) -> dict:
     extra = {"model": model, "seed": seed, "description": DESCRIPTIONS[model], "run_dir": str(run_dir),
              "train_seconds": train["train_seconds"], "command": train["command"],
              **dino_trajectory(run_dir, cfg.dino.head_n_prototypes, int(cfg.optim.epochs) * int(cfg.train.OFFICIAL_EPOCH_LENGTH))}
-    return score_backbone(name, backbone, cfg.crops.global_crops_size, score_path, args, extra)
+    return score_backbone(name, backbone, cfg.crops.global_crops_size, score_path, args, extra, run_dir)
 
 
 def score_untrained(seed: int, config_run_dir: Path, output_dir: Path, args) -> dict:
@@ -435,6 +456,7 @@ def write_report(study: dict, output_dir: Path) -> None:
             text = f"{fmt_iv(k, per[k], signed=True)} ({per[k]['positive_seeds']}/{per[k]['n']})"
             cells.append(f"**{text}**" if per[k]["significant"] else text)
         lines.append(f"| {comp} | " + " | ".join(cells) + " |")
+    lines += reconstruction_section(study)
     blur = next((sc.get("blur_sigma_definition") for by in study["scores"].values() for sc in by.values()
                  if sc.get("blur_sigma_definition")), None)
     lines += [
@@ -458,6 +480,43 @@ def write_report(study: dict, output_dir: Path) -> None:
     (output_dir / "study.md").write_text("\n".join(lines) + "\n")
 
 
+def reconstruction_section(study: dict) -> list[str]:
+    """The decoders' diagnostics of every run trained with λ > 0 (`reconstruction_group`): per model and k, the mean
+    over seeds ± the 95 % half-width, and in how many seeds the mechanism acts (issue 29's target)."""
+    runs = {m: {s: sc["reconstruction"] for s, sc in by.items() if sc.get("reconstruction")}
+            for m, by in study["scores"].items()}
+    runs = {m: by for m, by in runs.items() if by}
+    if not runs:
+        return []
+
+    def cell(values: list[float], digits: int = 3) -> str:
+        iv = interval(values)
+        return f"{iv['mean']:.{digits}f}" + ("" if math.isnan(iv["half_width"]) else f" ± {iv['half_width']:.{digits}f}")
+
+    lines = ["", f"The decoders' diagnostics (`eval.reconstruction` on each final student, {DIAGNOSTIC_IMAGES} fresh "
+             "built-in images rendered as in training; mean over training seeds ± 95 % half-width; MSE in normalised "
+             "pixels): D_k acts when it is below both θ-blind predictors (copy v2; v2 pooled to the token grid) and "
+             "lands within 1/6 of k/(K+1) on the path g_{fθ}(u); 'acts' counts the seeds where every D_k of the run "
+             "does; 'acting from' is the first logged training iteration from which the target holds to the end "
+             "(– : not at the end).", "",
+             "| model | n | k | D_k MSE | copy v2 | pooled v2 | lands at f | target f | acts | acting from | "
+             "gradient ratio recon / SSL |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m, by in runs.items():
+        seeds = sorted(by)
+        for k in range(1, by[seeds[0]]["K"] + 1):
+            rows = [by[s]["per_k"][k - 1] for s in seeds]
+            ratios = [by[s]["grad_ratio"] for s in seeds if by[s].get("grad_ratio") is not None]
+            since = ", ".join(str(by[s]["acting_since"]) if by[s].get("acting_since") is not None else "–"
+                              for s in seeds)
+            lines.append(
+                f"| {m} | {len(seeds)} | {k} | " + " | ".join(cell([r[key] for r in rows])
+                                                          for key in ("mse", "copy_v2", "pooled_v2"))
+                + f" | {cell([r['path_position'] for r in rows], 2)} | {rows[0]['target_position']:.2f} | "
+                f"{sum(bool(by[s]['acts']) for s in seeds)}/{len(seeds)} | {since} | "
+                + (cell(ratios) if ratios else "n/a") + " |")
+    return lines
+
+
 def dense_paragraph(study: dict) -> list[str]:
     """How the dense rows were made (only when a score has them)."""
     from dinov2_eqcoh.eval.dense import describe
@@ -479,6 +538,8 @@ def plot_study(study: dict, path: Path) -> None:
     keys = [k for k in ("r2.rot", "r2.mean", "r2.blur", "knn_top1", "linear_top1", "dense.mce", "dense.jf_mean",
                         "dense.miou")
             if any(k in pm for pm in s["per_model"].values())]
+    if not keys:  # nothing probed yet (e.g. only the decoders' diagnostics): no picture
+        return
     models = [m for m in ("raw_pixels", "untrained", *MODELS) if m in s["per_model"]]
     comps = [c for c in s["paired"] if "untrained" not in c]
     fig, axes = plt.subplots(2, len(keys), figsize=(3.1 * len(keys), 6.4), squeeze=False)
@@ -565,10 +626,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-epochs", type=int, default=100, help="at most this many epochs of the R² probe (early-stopped)")
     p.add_argument("--features", default="concat", choices=("cls", "avgpool", "concat"),
                    help="frozen features of the R² probe (concat = CLS and average-pooled patches)")
-    p.add_argument("--probes", default="global,dense,fill_free",
+    p.add_argument("--probes", default="global,dense,fill_free,reconstruction",
                    help="probe groups: global (R² tasks, k-NN, linear), dense (homography, propagation, "
-                        "segmentation at 64 px) and fill_free (R² of rot, trans, se2 with no filled corners); a group "
-                        "added later is scored on the finished runs only")
+                        "segmentation at 64 px), fill_free (R² of rot, trans, se2 with no filled corners) and "
+                        "reconstruction (the decoders' diagnostics of runs trained with λ > 0); a group added later is "
+                        "scored on the finished runs only")
+    p.add_argument("--score-only", action="store_true",
+                   help="train nothing: score the finished runs (probe groups they miss) and rewrite the report")
     p.add_argument("--dense-scale", type=float, default=1.0,
                    help="multiplies the dense probes' image and video counts (1 = the demo's; dense_probes)")
     p.add_argument("--title", default="dinov2-eqcoh study", help="title of the picture")
@@ -617,11 +681,14 @@ def main(argv=None) -> int:
     done = lambda m, s: (output_dir / "runs" / run_name(m, s) / "study_train.json").exists()  # noqa: E731
     todo = [(m, s) for m, s in plan if not done(m, s)]
     print(f"[study] {output_dir}: {len(plan)} runs ({len(models)} models × {len(seeds)} seeds, {iterations} "
-          f"iterations each), {len(plan) - len(todo)} finished, {len(todo)} to train", flush=True)
+          f"iterations each), {len(plan) - len(todo)} finished, "
+          + (f"{len(todo)} left untrained (--score-only)" if args.score_only else f"{len(todo)} to train"), flush=True)
     t0 = time.time()
     durations = []
     finished = len(plan) - len(todo)
     for i, (m, s) in enumerate(plan, start=1):
+        if not done(m, s) and args.score_only:
+            continue
         if not done(m, s):
             elapsed = time.time() - t0
             left = len([1 for mm, ss in plan[i - 1:] if not done(mm, ss)])
