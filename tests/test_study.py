@@ -125,6 +125,40 @@ def _env():
     return dict(os.environ)
 
 
+def test_a_folder_another_process_holds_is_left_alone(tmp_path):
+    """A second study training into a folder a live one holds stops before anything is trained or removed, naming the
+    holder; so does a study that finds a live training (any process) in a run folder it would call unfinished."""
+    from dataclasses import asdict
+
+    from dinov2_eqcoh.run import lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        me = lock.me()
+        me.pid, me.pid_start = holder.pid, lock._proc_start(holder.pid)
+        cmd = [PYTHON, "-m", "dinov2_eqcoh.experiments.study", "--models", "dinov2", "--seeds", "1", *TINY]
+        out = tmp_path / "held"
+        out.mkdir()
+        (out / lock.LOCK_NAME).write_text(json.dumps(asdict(me)))
+        proc = run([*cmd, "--output-dir", out], check=False, timeout=120)
+        assert proc.returncode != 0 and f"is in use by another run: host {me.host}, pid {holder.pid}" in proc.stdout
+        assert not (out / "runs").exists() and "Traceback" not in proc.stdout
+        # the study folder is free, one of its run folders is not
+        out = tmp_path / "run_held"
+        run_dir = out / "runs" / "dinov2_s0"
+        run_dir.mkdir(parents=True)
+        (run_dir / lock.LOCK_NAME).write_text(json.dumps(asdict(me)))
+        (run_dir / "model_0000001.rank_0.pth").write_bytes(b"the other process's checkpoint")
+        before = _tree(run_dir)
+        proc = run([*cmd, "--output-dir", out], check=False, timeout=120)
+        assert proc.returncode != 0 and f"pid {holder.pid}" in proc.stdout and "removing" not in proc.stdout
+        assert _tree(run_dir) == before
+        assert not (out / lock.LOCK_NAME).exists()  # the refused study released its own folder lock
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_progress_reporter_reads_dinov2s_metric_logger_line(tmp_path):
     """Every training runner (study, curves, regime, demo) prints DINOv2's progress through one reporter, from a
     real subprocess's output, and keeps every line in the log."""

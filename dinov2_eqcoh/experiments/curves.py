@@ -17,7 +17,8 @@ dense probe); EqCoh's runs add the decoders' diagnostics logged nearest that ite
 
 Writes `curves.json` (every figure, the coverage), `curves.md` and `curves.png` after each probe. Resumable after
 any interruption: an interrupted run resumes from its last DINOv2 checkpoint (every 150 iterations), probed points
-are skipped. The folder belongs to one configuration (`curves_config.json`); another is refused by field.
+are skipped. The folder belongs to one configuration (`curves_config.json`); another is refused by field, and a
+second process into a folder one holds stops at once, naming the holder (`experiments.runner.hold_folder`).
 
     python -m dinov2_eqcoh.experiments.curves [--output-dir out/curves] [--models dinov2_aug,eqcoh,...]
         [--iterations 2000] [--points 50,100,200,400,800,2000] [key=value ...]
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 
 from dinov2_eqcoh.experiments.regime import CHOSEN, logged_train_seconds
-from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
+from dinov2_eqcoh.experiments.runner import hold_folder, progress_reporter, run_logged
 from dinov2_eqcoh.experiments.study import MODELS as STUDY_MODELS
 from dinov2_eqcoh.experiments.study import check_identity, config_fingerprint, get_metric
 
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
                 "eval_images": args.eval_images, "class_images": args.class_images, "probe_epochs": args.probe_epochs,
                 "homography_pairs": args.homography_pairs}
     check_identity(out, identity, name="curves")
-    out.mkdir(parents=True, exist_ok=True)
+    hold_folder(out, "curves")
     size = int(cfg.crops.global_crops_size)
     probes = (f"R² of {', '.join(R2_TASKS)} ({args.eval_images} held-out images, 2/3 fit, {args.probe_epochs} epochs) "
               f"on CLS and CLS + pooled patches; k-NN / linear top-1 on CLS ({args.class_images} images, 1/3 scored); "

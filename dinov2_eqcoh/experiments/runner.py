@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The experiments' training subprocess: DINOv2's `train.py` with one intra-op thread, its output kept in a log and
-its progress lines printed (the study, the curves, the regime search and the demo all train through this)."""
+its progress lines printed (the study, the curves, the regime search and the demo all train through this), and the
+one-experiment-per-folder lock of the resumable ones."""
 
 from __future__ import annotations
 
@@ -38,3 +39,15 @@ def progress_reporter(prefix: str, name: str):
         return f"{prefix}   {name} [{it}] total_loss {loss} eta {line.split('eta: ')[1].split()[0]}"
 
     return report
+
+
+def hold_folder(output_dir: Path, prefix: str) -> None:
+    """Take `output_dir`'s lock for this process (`run.lock`: the run folders' lock, released at exit, taken over
+    from a holder that is gone), or stop naming the holder: two studies (or curves) training into one folder would
+    remove and retrain each other's runs in flight."""
+    from dinov2_eqcoh.run.lock import RunFolderLockedError, acquire_lock
+
+    try:
+        acquire_lock(output_dir)
+    except RunFolderLockedError as e:
+        raise SystemExit(f"[{prefix}] {e}") from None

@@ -19,7 +19,8 @@ EqCoh − each baseline, paired by training seed, with their intervals).
 Resumable: rerunning the same command skips finished runs and re-scores nothing already scored (`scores/`); an
 interrupted study loses at most the run in flight (its folder is removed and it is trained again). The folder
 belongs to one study configuration (config file contents, overrides, budget, probe settings: `study_config.json`);
-another one is refused with the fields that differ. Seeds and models may be added to a folder. `--score-only`
+another one is refused with the fields that differ. Seeds and models may be added to a folder. A second study
+training into a folder that one holds stops at once, naming the holder (`run.lock`). `--score-only`
 trains nothing: it scores the finished runs with the probe groups they miss and rewrites the report.
 
     python -m dinov2_eqcoh.experiments.study [--output-dir out/study] [--seeds 3 | 0,1,2] [--models dinov2,dinov2_aug,eqcoh,eqcoh_k1]
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
+from dinov2_eqcoh.experiments.runner import hold_folder, progress_reporter, run_logged
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {
@@ -205,6 +206,12 @@ def train_run(model: str, seed: int, args, epochs: int, iterations: int, output_
     name = run_name(model, seed)
     run_dir = output_dir / "runs" / name
     if run_dir.exists():
+        from dinov2_eqcoh.run.lock import RunFolderLockedError, check_lock
+
+        try:  # a run some other process is training is not "left": never remove it
+            check_lock(run_dir)
+        except RunFolderLockedError as e:
+            raise SystemExit(f"[study] {e}") from None
         print(f"[study] {progress} {name}: removing the unfinished run left in {run_dir}", flush=True)
         shutil.rmtree(run_dir)
     cmd = [sys.executable, "-m", "dinov2.train.train", "--config-file", str(args.config_file),
@@ -672,6 +679,8 @@ def main(argv=None) -> int:
     epochs = identity["epochs"]
     iterations = epochs * epoch_length
     check_identity(output_dir, identity)
+    if not args.score_only:  # one training study per folder (scoring alone writes each score file atomically)
+        hold_folder(output_dir, "study")
     (output_dir / "runs").mkdir(exist_ok=True)
     (output_dir / "scores").mkdir(exist_ok=True)
     cli = list(argv) if argv is not None else sys.argv[1:]
