@@ -105,6 +105,13 @@ def test_study_trains_scores_resumes_and_refuses_another_configuration(tmp_path)
     assert "r2_fill_free.trans" in study["summary"]["paired"]["dinov2 - untrained"]
     assert "R²(trans) fill-free" in (out / "study.md").read_text()
 
+    # --score-only with nothing missing: nothing runs, and the report still names the command that trained
+    trained_command = study["command"]
+    scored = run([*cmd, "--score-only"], timeout=300).stdout
+    assert "2 finished, 0 left untrained (--score-only)" in scored and "probing" not in scored
+    assert json.loads((out / "study.json").read_text())["command"] == trained_command
+    assert "--score-only" not in (out / "study.md").read_text()
+
     # another configuration into this folder is refused by name, and the folder is left as it was
     before = _tree(out)
     for extra, field in ((["--budget", "1.0"], "budget"), (["optim.base_lr=0.01"], "opts")):

@@ -74,6 +74,11 @@ METRICS = {
     "dino_ratio_end": "DINO loss / ln K (end)", "dino_ratio_last_quarter_max": "DINO / ln K, last-quarter max",
 }
 HEADLINE = ("r2.rot", "r2.mean", "knn_top1")
+# the report's (and the README's) first table: the paper's R²(rot) and mean R², the fill-free geometry (docs/fill_leak),
+# k-NN, linear and the geometric dense probe; the comparisons issue 29 asks for, and what training does at all
+HEADLINE_TABLE = ("r2.rot", "r2.mean", "r2_fill_free.trans", "r2_fill_free.se2", "knn_top1", "linear_top1", "dense.mce")
+HEADLINE_COMPARISONS = ("eqcoh - dinov2_aug", "eqcoh - eqcoh_head_only", "eqcoh - eqcoh_k1", "dinov2 - untrained",
+                        "eqcoh_fill_free - eqcoh")
 # (a, b): a − b paired by seed
 COMPARISONS = (("eqcoh", "dinov2"), ("eqcoh", "dinov2_aug"), ("eqcoh", "eqcoh_k1"), ("eqcoh", "eqcoh_head_only"),
                ("dinov2_aug", "dinov2"), ("dinov2", "untrained"), ("eqcoh", "untrained"),
@@ -426,10 +431,40 @@ def fmt_iv(key: str, iv: dict, signed: bool = False) -> str:
     return f"{mean:{sign}.{digits}f} ± {half:.{digits}f}"
 
 
+def model_table(s: dict, models: list[str], keys: list[str]) -> list[str]:
+    """Markdown rows: per model, n and mean ± 95 % half-width of each metric."""
+    lines = ["| model | n | " + " | ".join(METRICS[k] for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for m in models:
+        pm = s["per_model"][m]
+        n = max((pm[k]["n"] for k in pm), default=0)
+        lines.append(f"| {m} | {n} | " + " | ".join(fmt_iv(k, pm[k]) if k in pm else "–" for k in keys) + " |")
+    return lines
+
+
+def paired_table(s: dict, comps: list[str], keys: list[str]) -> list[str]:
+    """Markdown rows: per comparison a − b, the paired mean ± 95 % half-width (bold: excludes 0) and the seeds with a
+    positive difference."""
+    keys = [k for k in keys if not k.startswith("dino")]
+    lines = ["| a − b | " + " | ".join(METRICS[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    for comp in comps:
+        per = s["paired"][comp]
+        cells = []
+        for k in keys:
+            if k not in per:
+                cells.append("–")
+                continue
+            text = f"{fmt_iv(k, per[k], signed=True)} ({per[k]['positive_seeds']}/{per[k]['n']})"
+            cells.append(f"**{text}**" if per[k]["significant"] else text)
+        lines.append(f"| {comp} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(study: dict, output_dir: Path) -> None:
     s = study["summary"]
     models = [m for m in ("raw_pixels", "untrained", *MODELS) if m in s["per_model"]]
     keys = [k for k in METRICS if any(k in s["per_model"][m] for m in models)]
+    head_keys = [k for k in HEADLINE_TABLE if k in keys]
+    head_comps = [c for c in HEADLINE_COMPARISONS if c in s["paired"]]
     lines = [
         "# dinov2-eqcoh study: training seeds × models",
         "",
@@ -439,30 +474,22 @@ def write_report(study: dict, output_dir: Path) -> None:
         f"({study['iterations']} iterations per run). Machine: {study['machine']}. Seeds: "
         f"{', '.join(map(str, study['seeds']))}. Runs finished: {study['runs_finished']} of {study['runs_planned']}.",
         "",
+        "Headline (a subset of the tables below; k-NN and linear in %; mean over training seeds ± 95 % half-width; "
+        "paired by seed, **bold** = the interval excludes 0, in brackets the seeds with a positive difference):",
+        "",
+        *model_table(s, models, head_keys),
+        "",
+        *paired_table(s, head_comps, head_keys),
+        "",
         "Mean over training seeds ± half-width of the 95 % t-interval of the mean (k-NN and linear in %):",
         "",
-        "| model | n | " + " | ".join(METRICS[k] for k in keys) + " |",
-        "|---|---|" + "---|" * len(keys),
+        *model_table(s, models, keys),
+        "",
+        "Paired differences (a − b, paired by training seed; ± half-width of the 95 % t-interval; "
+        "**bold** = the interval excludes 0; in brackets: seeds with a positive difference):",
+        "",
+        *paired_table(s, list(s["paired"]), keys),
     ]
-    for m in models:
-        pm = s["per_model"][m]
-        n = max((pm[k]["n"] for k in pm), default=0)
-        lines.append(f"| {m} | {n} | " + " | ".join(fmt_iv(k, pm[k]) if k in pm else "–" for k in keys) + " |")
-    lines += ["", "Paired differences (a − b, paired by training seed; ± half-width of the 95 % t-interval; "
-              "**bold** = the interval excludes 0; in brackets: seeds with a positive difference):", "",
-              "| a − b | " + " | ".join(METRICS[k] for k in keys if not k.startswith("dino")) + " |",
-              "|---|" + "---|" * len([k for k in keys if not k.startswith("dino")])]
-    for comp, per in s["paired"].items():
-        cells = []
-        for k in keys:
-            if k.startswith("dino"):
-                continue
-            if k not in per:
-                cells.append("–")
-                continue
-            text = f"{fmt_iv(k, per[k], signed=True)} ({per[k]['positive_seeds']}/{per[k]['n']})"
-            cells.append(f"**{text}**" if per[k]["significant"] else text)
-        lines.append(f"| {comp} | " + " | ".join(cells) + " |")
     lines += reconstruction_section(study)
     blur = next((sc.get("blur_sigma_definition") for by in study["scores"].values() for sc in by.values()
                  if sc.get("blur_sigma_definition")), None)
@@ -685,6 +712,8 @@ def main(argv=None) -> int:
     (output_dir / "scores").mkdir(exist_ok=True)
     cli = list(argv) if argv is not None else sys.argv[1:]
     command = " ".join(["python -m dinov2_eqcoh.experiments.study", *cli])
+    if args.score_only and (output_dir / "study.json").is_file():  # the report names the command that trained
+        command = json.loads((output_dir / "study.json").read_text()).get("command", command)
 
     plan = [(m, s) for s in seeds for m in models]  # seed-major: a partial study has complete pairs
     done = lambda m, s: (output_dir / "runs" / run_name(m, s) / "study_train.json").exists()  # noqa: E731
