@@ -577,7 +577,8 @@ def plot_study(study: dict, path: Path) -> None:
     models = [m for m in ("raw_pixels", "untrained", *MODELS) if m in s["per_model"]]
     comps = [c for c in s["paired"] if "untrained" not in c]
     fig, axes = plt.subplots(2, len(keys), figsize=(3.1 * len(keys), 6.4), squeeze=False)
-    colors = {"raw_pixels": "0.3", "untrained": "0.6", "dinov2": "C0", "dinov2_aug": "C1", "eqcoh": "C2", "eqcoh_k1": "C3"}
+    colors = {"raw_pixels": "0.3", "untrained": "0.6", "dinov2": "C0", "dinov2_aug": "C1", "eqcoh": "C2", "eqcoh_k1": "C3",
+              "eqcoh_head_only": "C4", "dinov2_aug_fill_free": "C5", "eqcoh_fill_free": "C6"}
     for j, k in enumerate(keys):
         ax = axes[0, j]
         for i, m in enumerate(models):
