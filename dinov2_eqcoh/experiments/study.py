@@ -78,7 +78,7 @@ HEADLINE = ("r2.rot", "r2.mean", "knn_top1")
 # k-NN, linear and the geometric dense probe; the comparisons issue 29 asks for, and what training does at all
 HEADLINE_TABLE = ("r2.rot", "r2.mean", "r2_fill_free.trans", "r2_fill_free.se2", "knn_top1", "linear_top1", "dense.mce")
 HEADLINE_COMPARISONS = ("eqcoh - dinov2_aug", "eqcoh - eqcoh_head_only", "eqcoh - eqcoh_k1", "dinov2 - untrained",
-                        "eqcoh_fill_free - eqcoh")
+                        "dinov2_aug_fill_free - dinov2_aug", "eqcoh_fill_free - eqcoh")
 # (a, b): a − b paired by seed
 COMPARISONS = (("eqcoh", "dinov2"), ("eqcoh", "dinov2_aug"), ("eqcoh", "eqcoh_k1"), ("eqcoh", "eqcoh_head_only"),
                ("dinov2_aug", "dinov2"), ("dinov2", "untrained"), ("eqcoh", "untrained"),
