@@ -75,3 +75,15 @@ def test_two_ranks_fsdp_shard_grad_op_on_cpu_trains_and_resumes(tmp_path):
     proc = torchrun("optim.epochs=3")
     assert "Starting training from iteration 4" in proc.stdout, proc.stdout[-3000:]
     assert (out / "model_0000005.rank_1.pth").is_file()
+
+
+def test_a_finished_training_releases_its_process_group(tmp_path):
+    """patches/0012: DINOv2's `main` destroys the process group after a normal end, so interpreter shutdown cannot
+    abort a rank that has finished (gloo's threads: "terminate called without an active exception", exit 134,
+    pytorch#190489; seen once on rank 1 of the two-node SLURM test)."""
+    code = ("import sys; import torch.distributed as dist; from dinov2.train.train import get_args_parser, main; "
+            "main(get_args_parser().parse_args(sys.argv[1:])); print('process group after main:', "
+            "'initialized' if dist.is_initialized() else 'destroyed')")
+    proc = run([PYTHON, "-c", code, "--config-file", TINY, "--output-dir", tmp_path / "run"])
+    assert "process group after main: destroyed" in proc.stdout
+    assert (tmp_path / "run" / "model_final.rank_0.pth").exists()  # after training, not instead of it
