@@ -60,7 +60,7 @@ study-regime: build/dinov2.stamp
 
 # issue 21 part 4: does fill-free geometry change any probe? The regime study plus DINOv2 + g and EqCoh trained with
 # eqcoh.fill_free=true, paired by seed with their filled twins (same folder; about 30 min more per seed: the regime
-# study's dinov2_aug trained in 9 min, its eqcoh in 17 min on a quiet machine)
+# study's dinov2_aug trained in 9 min, its eqcoh in 16 min on a quiet machine)
 study-regime-fill-free: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_regime --title "mechanism regime (800 iterations)" \
 		--models dinov2,dinov2_aug,eqcoh,eqcoh_k1,eqcoh_head_only,dinov2_aug_fill_free,eqcoh_fill_free --budget 4 \
