@@ -12,9 +12,10 @@ Trains S training seeds (`train.seed`, honoured by patches/0008) × the models
 all on one config and budget, through DINOv2's own training loop (`python -m dinov2.train.train`, one process per
 run), probes every final teacher backbone with the demo's probes (R² tasks, k-NN, linear; `demo.probe_backbone`),
 the dense probes and the fill-free R², and, once per seed, an untrained backbone of the same architecture (raw pixels
-once); the final student of every run trained with λ > 0 gets the decoders' diagnostics (`eval.reconstruction`). Writes `study.json` (every per-seed figure),
-`study.md` and `study.png` (per-seed points, mean and 95 % interval per model and metric; paired differences
-EqCoh − each baseline, paired by training seed, with their intervals).
+once); the final student of every run trained with λ > 0 gets the decoders' diagnostics (`eval.reconstruction`).
+Writes `study.json` (every per-seed figure), `study.md` (a headline table, then every probe and comparison) and
+`study.png` (per-seed points, mean and 95 % interval per model and metric; paired differences EqCoh − each
+baseline, paired by training seed, with their intervals).
 
 Resumable: rerunning the same command skips finished runs and re-scores nothing already scored (`scores/`); an
 interrupted study loses at most the run in flight (its folder is removed and it is trained again). The folder
