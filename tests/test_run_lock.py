@@ -52,6 +52,14 @@ def test_holder_states(tmp_path, sleeper, monkeypatch):
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = lock.Holder(**{**asdict(alive), "pid": int(done.stdout)})
     assert lock.holder_state(dead)[0] == "gone"
+    # killed and not yet reaped (a zombie: what a `kill -9`ed run is until its parent waits for it) holds nothing
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    killed = lock.Holder(**{**asdict(alive), "pid": child.pid, "pid_start": lock._proc_start(child.pid)})
+    child.send_signal(signal.SIGKILL)
+    wait_for(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+             what="the killed child to be a zombie")
+    assert lock.holder_state(killed) == ("gone", f"pid {child.pid} no longer runs on {socket.gethostname()}")
+    child.wait()
     elsewhere = lock.Holder(**{**asdict(alive), "host": "node-that-is-not-here"})
     assert lock.holder_state(elsewhere)[0] == "unknown"  # cannot be checked: kept
     monkeypatch.setenv("SLURM_JOB_ID", "4242")

@@ -58,11 +58,16 @@ class Holder:
 
 
 def _proc_start(pid: int) -> str | None:
+    """The process's start time, or None when it does not run: no such pid, or a zombie (exited, e.g. killed, and
+    not yet reaped by its parent: it holds nothing)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # the fields after "pid (comm)": state is field 3, starttime 22
+    fields = stat.rsplit(")", 1)[1].split()  # the fields after "pid (comm)": state is field 3, starttime 22
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def _job_id() -> str | None:
