@@ -570,8 +570,8 @@ def plot_study(study: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = study["summary"]
-    keys = [k for k in ("r2.rot", "r2.mean", "r2.blur", "knn_top1", "linear_top1", "dense.mce", "dense.jf_mean",
-                        "dense.miou")
+    keys = [k for k in ("r2.rot", "r2.mean", "r2_fill_free.trans", "r2_fill_free.se2", "r2.blur", "knn_top1",
+                        "linear_top1", "dense.mce", "dense.jf_mean", "dense.miou")
             if any(k in pm for pm in s["per_model"].values())]
     if not keys:  # nothing probed yet (e.g. only the decoders' diagnostics): no picture
         return
