@@ -529,3 +529,33 @@ def test_keep_head_split_must_be_a_boolean():
 
     with pytest.raises(ConfigError, match="eqcoh.keep_head_split"):
         eqcoh_cfg("eqcoh.loss_weight=0", "eqcoh.keep_head_split=2")
+
+
+@pytest.mark.parametrize("fill_free", [False, True])
+def test_diagnosed_step_trains_exactly_as_an_undiagnosed_one(fill_free):
+    """The decoders' diagnostics (eqcoh.diagnostics_every) are measurements: a diagnosed step gives the same losses and
+    gradients as an undiagnosed one, and leaves the global RNG streams (drop-path, DINOv2's crops) where the
+    undiagnosed step leaves them, so that switching them on or off does not change a run."""
+    results = []
+    for every in (0, 1):
+        cfg = eqcoh_cfg(f"eqcoh.diagnostics_every={every}", f"eqcoh.fill_free={str(fill_free).lower()}",
+                        "student.drop_path_rate=0.2")
+        model = build(cfg)
+        batch = eqcoh_batch(cfg)
+        torch.manual_seed(123)
+        random.seed(123)
+        losses = model.forward_backward(batch, teacher_temp=0.07)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((losses, grads, torch.get_rng_state(), random.getstate(), model))
+    (l0, g0, rng0, py0, plain), (l1, g1, rng1, py1, diagnosed) = results
+    for (n, a), b in zip(plain.state_dict().items(), diagnosed.state_dict().values()):  # buffers too (no BN update)
+        assert torch.equal(a, b), f"{n} changed by the diagnostics"
+    assert plain._eqcoh_diag == {} and diagnosed._eqcoh_diag, "the second step was not diagnosed"
+    assert set(l0) <= set(l1)
+    for k in l0:
+        torch.testing.assert_close(l1[k], l0[k], rtol=0, atol=0, msg=f"loss {k} changed by the diagnostics")
+    assert g0.keys() == g1.keys()
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=0, atol=0, msg=f"gradient of {n} changed by the diagnostics")
+    assert torch.equal(rng0, rng1), "the diagnostics drew from the global torch RNG"
+    assert py0 == py1
