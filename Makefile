@@ -40,7 +40,7 @@ demo: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.demo --output-dir $(DEMO_OUT)
 
 # the three models where the decoders act (docs/mechanism_regime.md): 800 iterations each, 41.7 min on 2 cores
-# (docs/demo_regime/report.md); make demo stays the quick pipeline check (15.5 min) where they do not act yet
+# (docs/demo_regime/report.md); make demo stays the quick pipeline check (13.6 min) where they do not act yet
 demo-regime: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.demo --preset regime --output-dir out/demo_regime
 

@@ -206,14 +206,14 @@ def r2_bars(models: dict, path: Path) -> None:
         bars = ax.bar(xs, [m["r2"][t] for t in tasks], width, label=f"{name}: {m['description']}",
                       **({"color": "0.75", "hatch": "//"} if name == "untrained" else
                          {"color": "0.45", "hatch": ".."} if name == "raw_pixels" else {}))
-        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+        ax.bar_label(bars, fmt="%.2f", fontsize=5, rotation=90, padding=2)
     ax.set_xticks(range(len(tasks)), [f"R²({t})" if t != "mean" else "mean R²" for t in tasks])
-    ax.set_ylim(min(0.0, min(m["r2"][t] for m in models.values() for t in tasks)), 1.05)
+    ax.set_ylim(min(0.0, min(m["r2"][t] for m in models.values() for t in tasks)), 1.12)  # room for the labels
     ax.set_ylabel("R² on held-out images")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1, frameon=False)
     ax.set_title("Synthetic equivariance tasks: θ regressed from frozen features of (I, g(I))", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend below the axes stays whole
     plt.close(fig)
 
 
