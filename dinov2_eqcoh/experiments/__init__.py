@@ -6,7 +6,8 @@
 - `regime`: the search for a small-scale regime where the decoders act, on their diagnostics only, resumable;
 - `curves`: one long run per model probed at log-spaced iterations, against untrained and raw-pixel references;
 - `bench`: `python -m dinov2_eqcoh.experiments.bench`, FLOPs, step time, memory and augmentation throughput;
-- `gpucheck`: the one-shot check run on a lent GPU.
+- `gpucheck`: the one-shot check run on a lent GPU;
+- `headline`: `make readme-headline`, the regime study's headline tables copied into the README.
 
 May import any part of `dinov2_eqcoh`; nothing imports this package except its own modules (the deprecated
 top-level names `dinov2_eqcoh.demo`, ... resolve to it by string, `dinov2_eqcoh._moved`).

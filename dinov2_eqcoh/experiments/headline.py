@@ -26,8 +26,8 @@ HEADLINE_INTRO = "Headline ("
 DIAGNOSTICS_HEADER = "| model | n | k |"
 
 
-def _tables(lines: list[str], start: int) -> tuple[list[list[str]], int]:
-    """The consecutive markdown tables from line `start` on (blank lines between them), and the index after them."""
+def _tables(lines: list[str], start: int) -> list[list[str]]:
+    """The consecutive markdown tables from line `start` on (blank lines between them)."""
     tables, i = [], start
     while i < len(lines):
         while i < len(lines) and not lines[i].strip():
@@ -39,7 +39,7 @@ def _tables(lines: list[str], start: int) -> tuple[list[list[str]], int]:
             table.append(lines[i])
             i += 1
         tables.append(table)
-    return tables, i
+    return tables
 
 
 def headline_block(study_md: str, source: str = "study.md") -> str:
@@ -51,12 +51,12 @@ def headline_block(study_md: str, source: str = "study.md") -> str:
     if intro is None:
         raise ValueError(f"{source}: no line starting with {HEADLINE_INTRO!r}; is it a study report written by "
                          "dinov2_eqcoh.experiments.study (which writes a headline since the regime study)?")
-    tables, _ = _tables(lines, intro + 1)
+    tables = _tables(lines, intro + 1)
     if not tables:
         raise ValueError(f"{source}: the headline paragraph is not followed by a table")
     diag = next((i for i, line in enumerate(lines) if line.startswith(DIAGNOSTICS_HEADER)), None)
     if diag is not None:
-        tables += _tables(lines, diag)[0][:1]
+        tables += _tables(lines, diag)[:1]
     return "\n\n".join("\n".join(t) for t in tables)
 
 
