@@ -4,7 +4,7 @@ Public names are imported lazily so that `import dinov2_eqcoh` stays cheap and d
 distributed stack before a launcher has set up its environment.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "EqCohMetaArch": "dinov2_eqcoh.meta_arch",

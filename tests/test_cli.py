@@ -64,9 +64,6 @@ def _cli_parsers():
 
     out = []
     for info in pkgutil.walk_packages(dinov2_eqcoh.__path__, "dinov2_eqcoh."):
-        if info.name.startswith("dinov2_eqcoh._moved") or info.name in ("dinov2_eqcoh.study", "dinov2_eqcoh.export",
-                                                                           "dinov2_eqcoh.demo", "dinov2_eqcoh.bench"):
-            continue  # the 0.1 aliases
         mod = importlib.import_module(info.name)
         if callable(getattr(mod, "get_args_parser", None)) and mod.__name__ == info.name:
             try:

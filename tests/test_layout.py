@@ -1,23 +1,19 @@
 """The package layout (README "Layout"): which subpackage may import which, and no import circles.
 
 The import graph is read from the source with `ast` (every `import` and `from ... import`, at module level or inside
-a function: a lazy import is still a dependency; the deprecated aliases of `dinov2_eqcoh._moved` resolve their
-targets by string and add no edge). Each rule test first shows that the checker finds a planted violation, so it
-cannot pass by finding nothing.
+a function: a lazy import is still a dependency). A name imported from a package is followed to the module that
+defines it: through the package `__init__`'s own imports and through its table of lazy names (a dict of
+name -> module strings), so `from dinov2_eqcoh import EqCohMetaArch` is an edge to `dinov2_eqcoh.meta_arch`.
+Each rule test first shows that the checker finds a planted violation, so it cannot pass by finding nothing.
+The component strings that configs name (`train.meta_arch: package.module:name`, ...) must import.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib
-import sys
-import warnings
 from pathlib import Path
 
-import pytest
-
 import dinov2_eqcoh
-from dinov2_eqcoh import _moved
 
 ROOT = Path(dinov2_eqcoh.__file__).resolve().parent
 
@@ -32,9 +28,7 @@ ALLOWED = {
     "train": {"_upstream", "run"},
     "models": set(),
     "_upstream": set(),
-    "_moved": set(),
     "experiments": {"*"},
-    "plot": {"eval"},  # python -m dinov2_eqcoh.plot: the command name of eval.training_curves
 }
 
 
@@ -49,9 +43,41 @@ def module_files(root: Path, package: str) -> dict[str, Path]:
     return out
 
 
+def package_exports(files: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """{package: {name: module that defines it}} for the names each package `__init__` makes importable: its own
+    `from M import name` (and relative) imports, and the name -> module strings of a lazy table (a dict literal)."""
+    out: dict[str, dict[str, str]] = {}
+    for name, path in files.items():
+        if path.name != "__init__.py":
+            continue
+        names: dict[str, str] = {}
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                mod = ".".join(name.split(".")[: len(name.split(".")) - node.level + 1] + [node.module or ""]) \
+                    if node.level else node.module or ""
+                for a in node.names:
+                    names[a.asname or a.name] = f"{mod.rstrip('.')}.{a.name}" if f"{mod}.{a.name}" in files else mod
+            elif isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values):
+                    if isinstance(k, ast.Constant) and isinstance(v, ast.Constant) and v.value in files:
+                        names[str(k.value)] = v.value
+        out[name] = names
+    return out
+
+
 def import_graph(root: Path, package: str) -> dict[str, set[str]]:
-    """{module: modules of `package` it imports}; `from a import b` counts as `a.b` when that is a module."""
+    """{module: modules of `package` it imports}; `from a import b` counts as `a.b` when that is a module, and as
+    the module `a`'s `__init__` takes `b` from when `a` is a package that re-exports it."""
     files = module_files(root, package)
+    exports = package_exports(files)
+
+    def through_init(mod: str, attr: str) -> str:
+        seen = set()
+        while attr in exports.get(mod, {}) and (mod, attr) not in seen:
+            seen.add((mod, attr))
+            mod = exports[mod][attr]
+        return mod
+
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         is_pkg = path.name == "__init__.py"
@@ -67,7 +93,8 @@ def import_graph(root: Path, package: str) -> dict[str, set[str]]:
                     mod = ".".join(base + ([node.module] if node.module else []))
                 else:
                     mod = node.module or ""
-                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in files else mod for a in node.names]
+                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in files else through_init(mod, a.name)
+                           for a in node.names]
             for t in targets:
                 while t and t not in files:  # `import a.b.c` of a name inside a module: the module
                     t = t.rpartition(".")[0]
@@ -120,7 +147,7 @@ def layering_violations(graph: dict[str, set[str]], package: str, allowed: dict[
     out = []
     for mod, deps in sorted(graph.items()):
         src = part(mod, package)
-        if src == "" or (mod in _moved.MOVED):  # the lazy top-level __init__ and the deprecated aliases
+        if src == "":  # the top-level __init__: its lazy table names the public classes
             continue
         if src not in allowed:
             out.append(f"{mod}: part '{src}' has no rule in ALLOWED (add it to the README's layout and here)")
@@ -177,11 +204,75 @@ def test_every_subpackage_documents_what_it_may_import():
         assert "May import" in doc, f"{init}: the docstring says what lives here but not what it may import"
 
 
-@pytest.mark.parametrize("old,new", sorted(_moved.MOVED.items()))
-def test_old_module_names_still_import_with_a_deprecation_message(old, new):
-    sys.modules.pop(old, None)  # imported before by another test: import it afresh
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        importlib.import_module(old)
-    assert sys.modules[old] is importlib.import_module(new)
-    assert any(issubclass(w.category, FutureWarning) and new in str(w.message) for w in caught), old
+def test_checker_follows_an_import_through_a_package_init(tmp_path):
+    root = _plant(tmp_path, {
+        "__init__.py": '_LAZY = {"Model": "pkg.run.b"}\nfrom pkg.eval.c import score\n',
+        "method/__init__.py": "",
+        "method/a.py": "def f():\n    from pkg import Model, score\n",  # both reach run/eval through pkg/__init__
+        "run/__init__.py": "",
+        "run/b.py": "class Model: ...\n",
+        "eval/__init__.py": "",
+        "eval/c.py": "def score(): ...\n",
+    })
+    graph = import_graph(root, "pkg")
+    assert graph["pkg.method.a"] == {"pkg.run.b", "pkg.eval.c"}
+    bad = layering_violations(graph, "pkg", {"method": set(), "run": set(), "eval": set()})
+    assert bad == ["pkg.method.a imports pkg.eval.c: 'method' may import only itself",
+                   "pkg.method.a imports pkg.run.b: 'method' may import only itself"]
+
+
+def test_package_top_holds_only_modules_with_code_of_their_own():
+    """No alias modules: every top-level module defines something (a function, a class or a constant)."""
+    for path in sorted(ROOT.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        defined = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign))]
+        assert defined, f"{path.name} defines nothing: an alias module (the README's layout names where code lives)"
+
+
+# ---------------------------------------------------------------------------------------------- config components
+
+def component_strings(config_dirs) -> list[tuple[str, str, str]]:
+    """(file, key, value) of every component string in the YAML files under `config_dirs`: the values of the
+    config keys that name code by import path (`dinov2_eqcoh.method.config.COMPONENT_KEYS`)."""
+    from omegaconf import OmegaConf
+
+    from dinov2_eqcoh.method.config import COMPONENT_KEYS
+
+    out = []
+    for d in config_dirs:
+        for path in sorted(Path(d).rglob("*.yaml")):
+            cfg = OmegaConf.load(path)
+            for key in COMPONENT_KEYS:
+                value = OmegaConf.select(cfg, key, default=None)
+                if isinstance(value, str) and (":" in value or value.startswith("dinov2_eqcoh.")):
+                    out.append((str(path), key, value))
+    return out
+
+
+def unresolved_components(found) -> list[str]:
+    from dinov2.utils.config import resolve_component
+
+    bad = []
+    for path, key, value in found:
+        try:
+            resolve_component(value, None)
+        except ValueError as e:
+            bad.append(f"{path}: {key}: {e}")
+    return bad
+
+
+def test_component_check_fails_on_a_config_naming_a_missing_component(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  meta_arch: dinov2_eqcoh.meta_arch:NoSuchArch\n"
+                                       "  data_transform: dinov2_eqcoh.data.augmentation:build_data_transform\n")
+    bad = unresolved_components(component_strings([tmp_path]))
+    assert len(bad) == 2 and "NoSuchArch" in bad[0] and "dinov2_eqcoh.data.augmentation" in bad[1]
+
+
+def test_every_component_a_shipped_config_names_imports():
+    found = component_strings([ROOT.parent / "configs", ROOT / "configs"])
+    keys = {key for _, key, _ in found}
+    assert {"train.meta_arch", "train.data_transform", "train.collate_fn", "student.arch"} <= keys  # it looked
+    bad = unresolved_components(found)
+    assert not bad, "\n".join(bad)

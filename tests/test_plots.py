@@ -1,4 +1,4 @@
-"""Pictures people look at, from a real tiny run: `python -m dinov2_eqcoh.plot <run>` (training curves and the
+"""Pictures people look at, from a real tiny run: `python -m dinov2_eqcoh.eval.training_curves <run>` (training curves and the
 decoders' diagnostics) and the reconstruction grid of `python -m dinov2_eqcoh.eval.reconstruction` (strict load)."""
 
 import json
@@ -19,7 +19,7 @@ def tiny_eqcoh_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_plot_cli_draws_training_curves_and_diagnostics(tiny_eqcoh_run):
-    proc = run([PYTHON, "-m", "dinov2_eqcoh.plot", tiny_eqcoh_run], timeout=300)
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.eval.training_curves", tiny_eqcoh_run], timeout=300)
     curves, diag = tiny_eqcoh_run / "plots" / "training_curves.png", tiny_eqcoh_run / "plots" / "training_diagnostics.png"
     assert f"wrote {curves}" in proc.stdout and f"wrote {diag}" in proc.stdout
     assert curves.stat().st_size > 10_000 and diag.stat().st_size > 10_000
@@ -38,7 +38,7 @@ def test_tensorboard_scalars_are_every_logged_number_at_its_iteration(tiny_eqcoh
 
     from dinov2_eqcoh.eval.training_curves import read_metrics
 
-    proc = run([PYTHON, "-m", "dinov2_eqcoh.plot", tiny_eqcoh_run, "--tensorboard"], timeout=300)
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.eval.training_curves", tiny_eqcoh_run, "--tensorboard"], timeout=300)
     assert "wrote TensorBoard scalars up to iteration 11" in proc.stdout
     acc = EventAccumulator(str(tiny_eqcoh_run / "tensorboard"))
     acc.Reload()
@@ -60,10 +60,10 @@ def test_tensorboard_scalars_are_every_logged_number_at_its_iteration(tiny_eqcoh
 
 
 def test_plot_cli_names_a_folder_without_metrics_and_a_broken_line(tmp_path):
-    proc = run([PYTHON, "-m", "dinov2_eqcoh.plot", tmp_path], check=False, timeout=120)
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.eval.training_curves", tmp_path], check=False, timeout=120)
     assert proc.returncode == 2 and "training_metrics.json does not exist" in proc.stdout
     (tmp_path / "training_metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 1.0}) + "\n{broken\n")
-    proc = run([PYTHON, "-m", "dinov2_eqcoh.plot", tmp_path], check=False, timeout=120)
+    proc = run([PYTHON, "-m", "dinov2_eqcoh.eval.training_curves", tmp_path], check=False, timeout=120)
     assert proc.returncode == 2 and "line 2: not a JSON object" in proc.stdout
 
 

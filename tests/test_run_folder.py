@@ -118,10 +118,18 @@ def test_allowed_changes_resume_log_the_keys_and_keep_the_config_history(used, t
     assert "epochs: 3" in run_folder.config_for_checkpoint(used / "eval/training_5/teacher_checkpoint.pth").read_text()
 
 
+# what a 0.1 run folder's config.yaml named (the package was flat then): key -> component string
+OLD_COMPONENTS = {
+    "train.data_transform": "dinov2_eqcoh.data.augmentation:build_data_transform",
+    "train.collate_fn": "dinov2_eqcoh.data.collate:build_collate_fn",
+}
+
+
 def make_pre_0_2_folder(folder: Path) -> int:
-    """Turn a run folder into one written before 0.2, whose teacher carried an EMA copy of the decoders: its
-    checkpoint and eval dumps hold `teacher.eqcoh_decoders.*` and its config.yaml a teacher precision entry for
-    them. Returns the number of retired tensors added to the checkpoint."""
+    """Turn a run folder into one written by 0.1: its teacher carried an EMA copy of the decoders (its checkpoint
+    and eval dumps hold `teacher.eqcoh_decoders.*`, its config.yaml a teacher precision entry for them), and its
+    config.yaml names the data seams by their 0.1 module names, which no longer exist.
+    Returns the number of retired tensors added to the checkpoint."""
     import torch
     from omegaconf import OmegaConf
 
@@ -138,6 +146,8 @@ def make_pre_0_2_folder(folder: Path) -> int:
         torch.save(d, dump)
     cfg = OmegaConf.load(folder / "config.yaml")
     cfg.compute_precision.teacher.eqcoh_decoders = OmegaConf.to_container(cfg.compute_precision.student.eqcoh_decoders)
+    for key, value in OLD_COMPONENTS.items():
+        OmegaConf.update(cfg, key, value)
     OmegaConf.save(cfg, folder / "config.yaml")
     return len(old)
 
@@ -149,8 +159,17 @@ def test_folder_of_a_version_whose_teacher_had_decoders_resumes_and_loads_strict
     from dinov2_eqcoh.weights.files import load_checkpoint_file
 
     n_old = make_pre_0_2_folder(used)
-    # the old checkpoint loads strictly into today's model (the demo's picture loads this way)
-    model = EqCohMetaArch(load_config(used / "config.yaml"))
+    import importlib
+
+    for value in OLD_COMPONENTS.values():  # the 0.1 modules are gone: only the rewrite makes the folder readable
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(value.partition(":")[0])
+    # the old checkpoint loads strictly into today's model (the demo's picture loads this way), its config's
+    # component strings rewritten with a warning naming the new spelling
+    with pytest.warns(FutureWarning, match="dinov2_eqcoh.method.augmentation:build_data_transform"):
+        old_cfg = load_config(used / "config.yaml")
+    assert old_cfg.train.collate_fn == "dinov2_eqcoh.method.collate:build_collate_fn"
+    model = EqCohMetaArch(old_cfg)
     model.load_state_dict(load_checkpoint_file(used / "model_final.rank_0.pth")["model"])
     # ... and an unknown key still fails, naming it
     bad = dict(load_checkpoint_file(used / "model_final.rank_0.pth")["model"], **{"teacher.nonsense.weight": torch.ones(1)})
@@ -160,6 +179,11 @@ def test_folder_of_a_version_whose_teacher_had_decoders_resumes_and_loads_strict
     proc = run([*PLUGIN, "--config-file", CFG, "--output-dir", used, "optim.epochs=3"])
     assert "Starting training from iteration 4" in proc.stdout
     assert f"ignored {n_old} retired tensors (teacher.eqcoh_decoders.*)" in proc.stdout
+    assert "is spelt 'dinov2_eqcoh.method.collate:build_collate_fn' since 0.2" in proc.stdout  # compared, rewritten
+    # and resumed again with the old run's own config.yaml as the config file (a common way to continue a run)
+    shutil.copy(used / "config_history" / sorted(os.listdir(used / "config_history"))[0], used.parent / "old.yaml")
+    proc = run([*PLUGIN, "--config-file", used.parent / "old.yaml", "--output-dir", used, "optim.epochs=4"])
+    assert "Starting training from iteration 6" in proc.stdout
     new = load_checkpoint_file(used / "model_final.rank_0.pth")["model"]
     assert not [k for k in new if k.startswith("teacher.eqcoh_decoders.")]  # the teacher holds no decoders
     assert [k for k in new if k.startswith("student.eqcoh_decoders.")]

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Training curves of a run folder, from DINOv2's `training_metrics.json` (one JSON object per logged iteration).
 
-    python -m dinov2_eqcoh.plot <run-dir> [--output <png>]
+    python -m dinov2_eqcoh.eval.training_curves <run-dir> [--output <png>]
 
 Draws, against iterations: every loss term (DINOv2's and `eqcoh_recon_loss`), the schedules (lr, wd, teacher
 momentum), DINOv2's image-level DINO term over ln K (K = `dino.head_n_prototypes` of the run's config: 1 = the
@@ -159,7 +159,7 @@ def write_tensorboard_reconstructions(run_dir: str | Path, logdir: str | Path, d
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python -m dinov2_eqcoh.plot", description="Training curves of a run folder.")
+    p = argparse.ArgumentParser("python -m dinov2_eqcoh.eval.training_curves", description="Training curves of a run folder.")
     p.add_argument("run_dir", help="a DINOv2 run folder (holds training_metrics.json and config.yaml)")
     p.add_argument("--output", default=None, help="the PNG to write (default: <run-dir>/plots/training_curves.png)")
     p.add_argument("--tensorboard", action="store_true",

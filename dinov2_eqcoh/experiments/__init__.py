@@ -9,6 +9,5 @@
 - `gpucheck`: the one-shot check run on a lent GPU;
 - `headline`: `make readme-headline`, the regime study's headline tables copied into the README.
 
-May import any part of `dinov2_eqcoh`; nothing imports this package except its own modules (the deprecated
-top-level names `dinov2_eqcoh.demo`, ... resolve to it by string, `dinov2_eqcoh._moved`).
+May import any part of `dinov2_eqcoh`; nothing imports this package except its own modules.
 """

@@ -57,7 +57,7 @@ def build_cfg(
     cfg = OmegaConf.merge(default_cfg, load_plugin_default_config())
     OmegaConf.set_struct(cfg, True)
     for source, other in ((file_name, file_cfg), ("the command line", cli_cfg)):
-        drop_retired_config_keys(other, source)
+        upgrade_old_config(other, source)
         check_known_keys(cfg, other, source)
         cfg = OmegaConf.merge(cfg, other)
     validate(cfg)
@@ -86,6 +86,56 @@ def load_config(config_file: str | Path, opts: Sequence[str] = ()) -> DictConfig
 RETIRED_CONFIG_KEYS = {
     "compute_precision.teacher.eqcoh_decoders": "the teacher has no decoders since 0.2 (it never read them)",
 }
+
+
+# Component strings (`train.meta_arch`, `train.data_transform`, ... as "package.module:name") that name a module
+# by its 0.1 name: rewritten to where the code lives now, so that an older run folder's config.yaml (and a copy of
+# an older shipped config) still builds, resumes and loads. Old module name -> new module name.
+RENAMED_MODULES = {
+    "dinov2_eqcoh.data.augmentation": "dinov2_eqcoh.method.augmentation",
+    "dinov2_eqcoh.data.collate": "dinov2_eqcoh.method.collate",
+    "dinov2_eqcoh.config": "dinov2_eqcoh.method.config",
+    "dinov2_eqcoh.decoder": "dinov2_eqcoh.method.decoder",
+    "dinov2_eqcoh.transforms": "dinov2_eqcoh.method.transforms",
+    "dinov2_eqcoh.checkpoints": "dinov2_eqcoh.weights.checkpoints",
+    "dinov2_eqcoh.export": "dinov2_eqcoh.weights.export",
+    "dinov2_eqcoh.interop": "dinov2_eqcoh.weights.interop",
+    "dinov2_eqcoh.run_folder": "dinov2_eqcoh.run.folder",
+}
+COMPONENT_KEYS = ("train.meta_arch", "train.data_transform", "train.collate_fn", "train.dataset_builder",
+                  "student.arch")
+
+
+def renamed_component(value: str) -> str | None:
+    """The current spelling of a component string that names a module by its 0.1 name, else None.
+
+    >>> renamed_component("dinov2_eqcoh.data.augmentation:build_data_transform")
+    'dinov2_eqcoh.method.augmentation:build_data_transform'
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    module, sep, attr = value.partition(":") if ":" in value else value.rpartition(".")
+    new = RENAMED_MODULES.get(module)
+    return f"{new}{sep}{attr}" if new else None
+
+
+def upgrade_old_config(cfg: DictConfig, source: str) -> list[str]:
+    """Make a config of an earlier version loadable, in place: retired keys dropped, renamed components rewritten.
+
+    Each change warns once (FutureWarning naming `source`, the key and what replaces it). Returns the keys changed.
+    """
+    import warnings
+
+    changed = drop_retired_config_keys(cfg, source)
+    for key in COMPONENT_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        new = renamed_component(value)
+        if new is not None:
+            OmegaConf.update(cfg, key, new, force_add=True)
+            warnings.warn(f"{source}: {key}: {value!r} is spelt {new!r} since 0.2 (rewritten)", FutureWarning,
+                          stacklevel=2)
+            changed.append(key)
+    return changed
 
 
 def drop_retired_config_keys(cfg: DictConfig, source: str) -> list[str]:

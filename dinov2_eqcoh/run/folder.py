@@ -219,10 +219,10 @@ def _load_old_config(path: Path):
     """A run's saved config.yaml on top of today's defaults (a file of an older version may lack new keys)."""
     from omegaconf import OmegaConf
 
-    from dinov2_eqcoh.method.config import drop_retired_config_keys, load_default_config
+    from dinov2_eqcoh.method.config import load_default_config, upgrade_old_config
 
     old = OmegaConf.load(path)
-    drop_retired_config_keys(old, str(path))
+    upgrade_old_config(old, str(path))
     return OmegaConf.merge(load_default_config(), old)
 
 

@@ -374,7 +374,11 @@ def backbone_config(
     if config_file is not None:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"config file {config_file} does not exist")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(config_file))
+        from dinov2_eqcoh.method.config import upgrade_old_config
+
+        file_cfg = OmegaConf.load(config_file)
+        upgrade_old_config(file_cfg, str(config_file))  # a run folder of an earlier version
+        cfg = OmegaConf.merge(cfg, file_cfg)
     elif state is not None:
         inferred = infer_backbone_options(state)
         logger.info(f"no config file: backbone options inferred from the weights: {inferred}")
