@@ -19,17 +19,18 @@ from PIL import Image
 from torch import nn
 
 from dinov2_eqcoh.data.datasets import SyntheticGlyphs
+from dinov2_eqcoh.data.dense_folders import ADE20KFolder, DavisFolder
 from dinov2_eqcoh.data.synthetic_dense import GLYPH0, SyntheticSegmentation, SyntheticVideos
 from dinov2_eqcoh.eval.homography import evaluate_homography, homography_from_corners, make_pairs, square_corners
+from dinov2_eqcoh.eval.patch_maps import to_normalised_tensor
 from dinov2_eqcoh.eval.propagation import (
-    DavisFolder,
     db_eval_iou,
     evaluate_propagation,
     f_measure,
     label_propagation,
     seg2bmap,
 )
-from dinov2_eqcoh.eval.segmentation import ADE20KFolder, confusion, evaluate_segmentation, miou_from_confusion
+from dinov2_eqcoh.eval.segmentation import confusion, evaluate_segmentation, miou_from_confusion
 from dinov2_eqcoh.method.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
@@ -354,7 +355,7 @@ def make_ade(root, n=(6, 3), size=(40, 30)):
 
 def test_ade20k_reader_and_its_errors(tmp_path):
     root = make_ade(tmp_path / "ade")
-    ds = ADE20KFolder(str(root), "training", size=16, classes=150)
+    ds = ADE20KFolder(str(root), "training", size=16, classes=150, transform=to_normalised_tensor)
     image, labels = ds[0]
     assert len(ds) == 6 and image.shape == (3, 16, 16) and labels.shape == (16, 16)
     assert set(labels.unique().tolist()) <= {0, 1, 2}

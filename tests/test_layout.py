@@ -276,3 +276,42 @@ def test_every_component_a_shipped_config_names_imports():
     assert {"train.meta_arch", "train.data_transform", "train.collate_fn", "student.arch"} <= keys  # it looked
     bad = unresolved_components(found)
     assert not bad, "\n".join(bad)
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+
+def entry_modules(files: dict[str, Path], package: str) -> set[str]:
+    """The experiments' programs: modules directly under `<package>.experiments` that define `main`."""
+    prefix = f"{package}.experiments."
+    out = set()
+    for name, path in files.items():
+        if name.startswith(prefix) and "." not in name[len(prefix):] and path.name != "__init__.py":
+            if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in ast.parse(path.read_text()).body):
+                out.add(name)
+    return out
+
+
+def experiment_cross_imports(root: Path, package: str) -> list[str]:
+    """Programs of experiments/ that import another program (what they share belongs in a shared module)."""
+    files = module_files(root, package)
+    entries = entry_modules(files, package)
+    graph = import_graph(root, package)
+    return [f"{a} imports {b}" for a in sorted(entries) for b in sorted(graph[a] & entries) if b != a]
+
+
+def test_checker_finds_an_experiment_importing_another(tmp_path):
+    root = _plant(tmp_path, {
+        "__init__.py": "",
+        "experiments/__init__.py": "",
+        "experiments/study.py": "from pkg.experiments.shared import f\ndef main(): ...\n",
+        "experiments/curves.py": "def main():\n    from pkg.experiments.study import main as m\n",
+        "experiments/shared.py": "def f(): ...\n",
+    })
+    assert experiment_cross_imports(root, "pkg") == ["pkg.experiments.curves imports pkg.experiments.study"]
+
+
+def test_no_experiment_imports_another():
+    files = module_files(ROOT, "dinov2_eqcoh")
+    assert {"dinov2_eqcoh.experiments.study", "dinov2_eqcoh.experiments.curves"} <= entry_modules(files, "dinov2_eqcoh")
+    bad = experiment_cross_imports(ROOT, "dinov2_eqcoh")
+    assert not bad, "\n".join(bad)

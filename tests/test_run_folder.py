@@ -19,6 +19,7 @@ from helpers import PYTHON, run
 
 from dinov2_eqcoh.method.config import load_config
 from dinov2_eqcoh.run import folder as run_folder
+from dinov2_eqcoh.weights.run_config import SHARDED, config_for_checkpoint, history_entries
 
 CFG = "configs/tiny/eqcoh_cpu.yaml"
 PLUGIN = [PYTHON, "-m", "dinov2_eqcoh.train"]
@@ -93,7 +94,7 @@ def test_allowed_changes_resume_log_the_keys_and_keep_the_config_history(used, t
     log = (used / "logs/log.txt").read_text()
     for key in ("optim.epochs: 2 -> 3", "optim.base_lr: 0.004 -> 0.002", "train.batch_size_per_gpu: 4 -> 2"):
         assert key in log, key
-    [(history, start, end)] = run_folder.history_entries(used)
+    [(history, start, end)] = history_entries(used)
     assert (start, end) == (0, 3) and history.read_bytes() == first_config  # the first segment's config, verbatim
     assert "epochs: 3" in (used / "config.yaml").read_text()  # config.yaml: the latest segment's, as DINOv2 writes
 
@@ -102,7 +103,7 @@ def test_allowed_changes_resume_log_the_keys_and_keep_the_config_history(used, t
                            ("eval/training_3/teacher_checkpoint.pth", history),
                            ("eval/training_5/teacher_checkpoint.pth", used / "config.yaml"),
                            ("model_final.rank_0.pth", used / "config.yaml")):
-        assert run_folder.config_for_checkpoint(used / ckpt) == expected, ckpt
+        assert config_for_checkpoint(used / ckpt) == expected, ckpt
 
     # export and the eval CLIs read it through checkpoints.find_run_config / backbone_config
     from dinov2_eqcoh.weights.export import export_backbone
@@ -114,8 +115,8 @@ def test_allowed_changes_resume_log_the_keys_and_keep_the_config_history(used, t
 
     # a second resume adds the next segment, 4..5
     run([*PLUGIN, "--config-file", CFG, "--output-dir", used, "optim.epochs=4"])
-    assert [(s, e) for _, s, e in run_folder.history_entries(used)] == [(0, 3), (4, 5)]
-    assert "epochs: 3" in run_folder.config_for_checkpoint(used / "eval/training_5/teacher_checkpoint.pth").read_text()
+    assert [(s, e) for _, s, e in history_entries(used)] == [(0, 3), (4, 5)]
+    assert "epochs: 3" in config_for_checkpoint(used / "eval/training_5/teacher_checkpoint.pth").read_text()
 
 
 # what a 0.1 run folder's config.yaml named (the package was flat then): key -> component string
@@ -200,7 +201,7 @@ def test_no_resume_moves_the_old_run_intact_and_trains_the_new_model(used):
     new = sorted(p for p in tree_hashes(used) if not p.startswith("old_runs"))
     assert "model_final.rank_0.pth" in new and "eval/training_3/teacher_checkpoint.pth" in new
     # the moved run is still a run folder: its checkpoints resolve to its own config
-    assert run_folder.config_for_checkpoint(moved / "eval/training_3/teacher_checkpoint.pth") == moved / "config.yaml"
+    assert config_for_checkpoint(moved / "eval/training_3/teacher_checkpoint.pth") == moved / "config.yaml"
     assert "d_equi: 16" in (moved / "config.yaml").read_text()
 
 
@@ -309,7 +310,7 @@ def test_two_rank_sharded_run_resumes_and_refuses_through_its_config(tmp_path):
     out = tmp_path / "run"
     torchrun = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
     run([*torchrun, free_port(), "-m", "dinov2_eqcoh.train", "--config-file", CFG, "--output-dir", out])
-    assert run_folder.read_checkpoint_meta(out / "model_final.rank_1.pth") is run_folder.SHARDED
+    assert run_folder.read_checkpoint_meta(out / "model_final.rank_1.pth") is SHARDED
     before = tree_hashes(out)
     for rank in (0, 1):
         with pytest.raises(run_folder.RunFolderError, match=r"(?s)Compared with .*config.yaml.*eqcoh.d_equi: 16 -> 32"):

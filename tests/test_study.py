@@ -9,7 +9,8 @@ import sys
 import pytest
 from helpers import PYTHON, REPO, run
 
-from dinov2_eqcoh.experiments.study import interval, summarise
+from dinov2_eqcoh.experiments.stats import interval
+from dinov2_eqcoh.experiments.study_report import summarise
 
 TINY = ["--config-file", "configs/tiny/eqcoh_cpu.yaml", "--budget", "0.5", "--eval-images", "30",
         "--class-images", "30", "--probe-epochs", "1", "--probes", "global", "--dense-scale", "0.01"]
@@ -194,7 +195,8 @@ def test_bad_arguments_are_named(tmp_path):
 
 
 def test_every_study_model_is_a_valid_config_that_differs_only_in_its_switches():
-    from dinov2_eqcoh.experiments.study import COMPARISONS, DESCRIPTIONS, MODELS
+    from dinov2_eqcoh.experiments.registry import DESCRIPTIONS, MODELS
+    from dinov2_eqcoh.experiments.study_report import COMPARISONS
     from dinov2_eqcoh.method.config import load_config
 
     base = "configs/demo/eqcoh_demo.yaml"
@@ -215,7 +217,8 @@ def test_a_comment_in_the_config_does_not_orphan_a_study_a_changed_value_does(tm
 
     import pytest
 
-    from dinov2_eqcoh.experiments.study import check_identity, study_identity
+    from dinov2_eqcoh.experiments.identity import check_identity
+    from dinov2_eqcoh.experiments.study import study_identity
 
     config = tmp_path / "demo.yaml"
     shutil.copy("configs/demo/eqcoh_demo.yaml", config)

@@ -50,7 +50,7 @@ def test_global_batch_and_lr_follow_dinov2s_scaling_rule():
     import math
 
     from dinov2_eqcoh.method.config import load_config
-    from dinov2_eqcoh.run.folder import describe_batch, global_batch
+    from dinov2_eqcoh.run.batch import describe_batch, global_batch
 
     cfg = load_config(TINY, ["train.batch_size_per_gpu=32", "optim.base_lr=0.004"])
     assert global_batch(cfg, 64) == (2048, pytest.approx(0.004 * math.sqrt(2)))
@@ -59,7 +59,7 @@ def test_global_batch_and_lr_follow_dinov2s_scaling_rule():
 
 def test_a_launch_at_another_global_batch_than_the_recipe_warns_or_stops():
     from dinov2_eqcoh.method.config import ConfigError, load_config
-    from dinov2_eqcoh.run.folder import RunFolderError, check_global_batch
+    from dinov2_eqcoh.run.batch import RunFolderError, check_global_batch
 
     cfg = load_config("configs/train/vitb14_in1k_ep100_eqcoh_se2.yaml")  # 64 per GPU, recipe 1024
     assert check_global_batch(cfg, 16) is None

@@ -24,15 +24,14 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
+from dinov2_eqcoh.data.dense_folders import ADE20KFolder
 from dinov2_eqcoh.eval.features import (
     add_backbone_args,
     backbone_from_args,
@@ -90,68 +89,6 @@ def miou_from_confusion(conf: torch.Tensor) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def resize_crop_pair(image: Image.Image, labels: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
-    """Short side to `size` (image bicubic, labels nearest), centre crop size x size."""
-    w, h = image.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        tw, th = max(size, round(w * scale)), max(size, round(h * scale))
-        image = image.resize((tw, th), Image.BICUBIC)
-        labels = np.asarray(Image.fromarray(labels).resize((tw, th), Image.NEAREST))
-        left, top = (tw - size) // 2, (th - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-        labels = labels[top:top + size, left:left + size]
-    return image, labels
-
-
-class ADE20KFolder(torch.utils.data.Dataset):
-    """The ADE20K layout: `images/<split>/*.jpg` and `annotations/<split>/<same name>.png` (class-index PNGs).
-
-    Items: ((3, S, S) normalised image, (S, S) int64 labels, 0 = other/ignore, 1..classes).
-    """
-
-    def __init__(self, root: str, split: str, size: int, classes: int = 150):
-        self.root, self.split, self.size, self.num_classes = Path(root), split, int(size), int(classes)
-        images_dir, ann_dir = self.root / "images" / split, self.root / "annotations" / split
-        for d in (images_dir, ann_dir):
-            if not d.is_dir():
-                raise FileNotFoundError(f"ADE20K: {d} is not a directory; expected the ADE20K layout "
-                                        f"<root>/images/{split}/*.jpg and <root>/annotations/{split}/*.png")
-        self.images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if not self.images:
-            raise FileNotFoundError(f"ADE20K: no images (.jpg/.png) in {images_dir}")
-        self.annotations = []
-        for p in self.images:
-            ann = ann_dir / (p.stem + ".png")
-            if not ann.is_file():
-                raise FileNotFoundError(f"ADE20K: image {p} has no annotation; expected {ann}")
-            self.annotations.append(ann)
-
-    def __len__(self):
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
-        img_path, ann_path = self.images[index], self.annotations[index]
-        with Image.open(img_path) as im:
-            image = im.convert("RGB")
-        with Image.open(ann_path) as ann:
-            if ann.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"ADE20K: annotation {ann_path} has mode {ann.mode}; expected a single-channel PNG "
-                                 "of class indices (0 = other, 1..150)")
-            labels = np.asarray(ann).astype(np.int64)
-        if labels.shape != (image.height, image.width):
-            raise ValueError(f"ADE20K: {img_path} is {image.width}x{image.height} but its annotation {ann_path} is "
-                             f"{labels.shape[1]}x{labels.shape[0]}; expected the same size")
-        if labels.max() > self.num_classes:
-            raise ValueError(f"ADE20K: annotation {ann_path} has class index {int(labels.max())}; expected 0..{self.num_classes} "
-                             "(set classes=<C> in the dataset string for another label set)")
-        return image, labels.astype(np.uint8 if self.num_classes < 256 else np.int32)
-
-    def __getitem__(self, index):
-        image, labels = resize_crop_pair(*self.load(int(index)), self.size)
-        return to_normalised_tensor(image), torch.from_numpy(np.asarray(labels).astype(np.int64))
-
-
 DATASETS = {
     "SyntheticSeg": {"n": int, "size": int, "classes": int, "seed": int},
     "SyntheticShapes": {"n": int, "size": int, "seed": int},
@@ -167,8 +104,8 @@ def make_segmentation_datasets(spec: str, size: int, n_train: int, n_test: int):
         if "root" not in kwargs:
             raise ValueError(f"--dataset {spec}: ADE20K needs root=<folder with images/ and annotations/>")
         classes = kwargs.get("classes", 150)
-        return (ADE20KFolder(kwargs["root"], "training", size, classes),
-                ADE20KFolder(kwargs["root"], "validation", size, classes), classes, None)
+        return (ADE20KFolder(kwargs["root"], "training", size, classes, transform=to_normalised_tensor),
+                ADE20KFolder(kwargs["root"], "validation", size, classes, transform=to_normalised_tensor), classes, None)
     from dinov2_eqcoh.data.synthetic_dense import SyntheticSegmentation, SyntheticShapes, SyntheticTextures
 
     if name in ("SyntheticShapes", "SyntheticTextures"):  # classes by shape / texture, colours random per instance

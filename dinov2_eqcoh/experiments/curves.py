@@ -2,8 +2,8 @@
 """Learning curves (issue 29, part 3): does a gap open with training? One long run per model, probed at
 log-spaced iterations, against the untrained backbone and raw pixels.
 
-Models (the study's definitions, `experiments.study.MODELS`), each trained once through DINOv2's own loop in the
-mechanism regime (`experiments.regime.CHOSEN`: the demo config, decoder width 256, unmasked z_equi):
+Models (the study's definitions, `experiments.registry.MODELS`), each trained once through DINOv2's own loop in the
+mechanism regime (`experiments.registry.REGIME`: the demo config, decoder width 256, unmasked z_equi):
 
 - `dinov2`, `dinov2_aug` (DINOv2 + g_θ on the second view), `eqcoh` (λ 1, K 2),
 - `eqcoh_head_only`: EqCoh's head split with λ 0, which separates the loss from the extra head.
@@ -36,10 +36,18 @@ from pathlib import Path
 
 import torch
 
-from dinov2_eqcoh.experiments.regime import CHOSEN, logged_train_seconds
-from dinov2_eqcoh.experiments.runner import hold_folder, progress_reporter, run_logged
-from dinov2_eqcoh.experiments.study import MODELS as STUDY_MODELS
-from dinov2_eqcoh.experiments.study import check_identity, config_fingerprint, get_metric
+from dinov2_eqcoh.experiments.identity import check_identity, config_fingerprint
+from dinov2_eqcoh.experiments.registry import MODELS as STUDY_MODELS
+from dinov2_eqcoh.experiments.registry import REGIME
+from dinov2_eqcoh.experiments.runner import (
+    dino_trajectory,
+    hold_folder,
+    logged_train_seconds,
+    run_training,
+    teacher_at,
+    train_command,
+)
+from dinov2_eqcoh.experiments.stats import get_metric
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/demo/eqcoh_demo.yaml"
@@ -66,21 +74,13 @@ def parse_points(spec: str, iterations: int) -> list[int]:
 
 def train(model: str, run_dir: Path, args, epochs: int, period: int) -> None:
     """The model's one long run through DINOv2's loop; a folder left by an interrupted run is resumed by DINOv2."""
-    cmd = [sys.executable, "-m", "dinov2.train.train", "--config-file", str(args.config_file),
-           "--output-dir", str(run_dir), *CHOSEN, *STUDY_MODELS[model], f"train.seed={args.seed}",
-           f"optim.epochs={epochs}", f"evaluation.eval_period_iterations={period}", *args.opts]
+    cmd = train_command(args.config_file, run_dir, [*REGIME, *STUDY_MODELS[model], f"train.seed={args.seed}",
+                                                    f"optim.epochs={epochs}",
+                                                    f"evaluation.eval_period_iterations={period}", *args.opts])
     state = "resuming" if any(run_dir.glob("last_checkpoint*")) else "training"
     print(f"[curves] {state} {model}: {' '.join(cmd[3:])}", flush=True)
-    log_path = run_dir.parent / f"{model}.train.log"
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    rc = run_logged(cmd, log_path, progress_reporter("[curves]", model), mode="a")  # appended: a resumed run keeps its earlier segments' log
-    if rc != 0:
-        raise SystemExit(f"[curves] training {model} failed (exit {rc}); see {log_path}")
-
-
-def teacher_at(run_dir: Path, point: int) -> Path:
-    """The teacher DINOv2 kept after `point` iterations (its iteration index is point - 1)."""
-    return run_dir / "eval" / f"training_{point - 1}" / "teacher_checkpoint.pth"
+    # appended: a resumed run keeps its earlier segments' log
+    run_training("[curves]", model, cmd, run_dir.parent / f"{model}.train.log", append=True)
 
 
 def diagnostics_at(run_dir: Path, point: int) -> dict:
@@ -96,7 +96,6 @@ def diagnostics_at(run_dir: Path, point: int) -> dict:
 
 def dino_ratio_at(run_dir: Path, point: int, n_prototypes: int, iterations: int) -> float | None:
     """DINOv2's image-level DINO term over ln K (`study.dino_trajectory`) at the last record before `point`."""
-    from dinov2_eqcoh.experiments.study import dino_trajectory
 
     ratio = {int(k): v for k, v in dino_trajectory(run_dir, n_prototypes, iterations).get("dino_ratio", {}).items()}
     before = [it for it in ratio if it <= point - 1]
@@ -154,7 +153,7 @@ def untrained_backbone(args):
 
     from dinov2_eqcoh.method.config import load_config
 
-    cfg = load_config(args.config_file, [*CHOSEN, *args.opts])
+    cfg = load_config(args.config_file, [*REGIME, *args.opts])
     torch.manual_seed(args.seed)  # as DINOv2 initialises a run of this seed (rank 0)
     return build_model_from_cfg(cfg, only_teacher=True)[0], cfg
 
@@ -253,14 +252,14 @@ def main(argv=None) -> int:
     if unknown or not models:
         raise SystemExit(f"--models: unknown {unknown or 'none given'}; allowed: {', '.join(MODELS)}")
     points = parse_points(args.points, args.iterations)
-    cfg = load_config(args.config_file, [*CHOSEN, *args.opts])
+    cfg = load_config(args.config_file, [*REGIME, *args.opts])
     epoch = int(cfg.train.OFFICIAL_EPOCH_LENGTH)
     if args.iterations % epoch:
         raise SystemExit(f"--iterations {args.iterations}: a multiple of train.OFFICIAL_EPOCH_LENGTH = {epoch}")
     period = math.gcd(*points)
     identity = {"config_file": str(args.config_file),
                 **config_fingerprint(args.config_file),
-                "regime": list(CHOSEN), "opts": list(args.opts), "iterations": args.iterations, "seed": args.seed,
+                "regime": list(REGIME), "opts": list(args.opts), "iterations": args.iterations, "seed": args.seed,
                 "eval_images": args.eval_images, "class_images": args.class_images, "probe_epochs": args.probe_epochs,
                 "homography_pairs": args.homography_pairs}
     check_identity(out, identity, name="curves")

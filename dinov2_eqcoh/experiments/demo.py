@@ -1,7 +1,7 @@
 """`make demo`: what the method buys, on any machine, in one command.
 
 Trains three models of the same budget on the built-in dataset through DINOv2's own training loop
-(`python -m dinov2.train.train`, one process each):
+(`python -m dinov2_eqcoh.train`, one process each, launched by `experiments.runner`):
 
 - `dinov2`:     vanilla DINOv2 (`eqcoh.loss_weight=0 eqcoh.apply_to_view=false`: exactly SSLMetaArch),
 - `dinov2_aug`: DINOv2 with g_θ applied to the second view, no reconstruction (`eqcoh.loss_weight=0`),
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from dinov2_eqcoh.experiments.probes import FILL_FREE_TASKS, R2_TASKS, probe_backbone
+
 logger = logging.getLogger("dinov2.eqcoh.demo")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,15 +45,13 @@ DESCRIPTIONS = {
     "dinov2_aug": "DINOv2 + g on the second view, no reconstruction",
     "eqcoh": "DINOv2 + EqCoh (λ 1, K 2, SE(2))",
 }
-R2_TASKS = ("rot", "color", "blur", "trans", "se2")
-FILL_FREE_TASKS = ("rot", "trans", "se2")  # the tasks whose rendering uncovers corners (docs/fill_leak)
 # budget presets, overrides for all three models: "quick" is the demo config as it is (200 iterations, decoder
 # width 64: the decoders do not act yet); "regime" is where they act (docs/mechanism_regime.md: width 256, z_equi
 # from an unmasked pass, 800 iterations; EqCoh's run took 17 min on 2 cores there)
 def _regime() -> list[str]:
-    from dinov2_eqcoh.experiments.regime import CHOSEN
+    from dinov2_eqcoh.experiments.registry import REGIME
 
-    return [*CHOSEN, "optim.epochs=16"]
+    return [*REGIME, "optim.epochs=16"]
 
 
 PRESETS = {"quick": [], "regime": _regime()}
@@ -59,78 +59,11 @@ PRESETS = {"quick": [], "regime": _regime()}
 
 def train_model(name: str, config_file: Path, output_dir: Path, opts: list[str]) -> float:
     """One DINOv2 training run in a subprocess; streams its progress lines; returns the wall time in seconds."""
-    run_dir = output_dir / name
-    cmd = [sys.executable, "-m", "dinov2.train.train", "--config-file", str(config_file),
-           "--output-dir", str(run_dir), *MODELS[name], *opts]
+    from dinov2_eqcoh.experiments.runner import run_training, train_command
+
+    cmd = train_command(config_file, output_dir / name, [*MODELS[name], *opts])
     print(f"[demo] training {name} ({DESCRIPTIONS[name]}): {' '.join(cmd[1:])}", flush=True)
-    from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
-
-    start = time.time()
-    if run_logged(cmd, output_dir / f"{name}.train.log", progress_reporter("[demo]", name)) != 0:
-        raise SystemExit(f"[demo] training {name} failed; see {output_dir / f'{name}.train.log'}")
-    return time.time() - start
-
-
-def probe_backbone(name: str, backbone, size: int, args) -> dict:
-    """Equivariance (R² per task) and invariance (k-NN, linear) probes of one frozen backbone on held-out images."""
-    from dinov2_eqcoh.eval.equivariance import evaluate_equivariance
-    from dinov2_eqcoh.eval.features import make_eval_dataset
-    from dinov2_eqcoh.eval.invariance import evaluate_invariance, split_dataset
-
-    # held-out images: the same generator with another seed than training's. The class probes need one forward
-    # per image, so they get more images (a smaller standard error) than the R² probes, which need six per image
-    n_images = max(args.eval_images, args.class_images)
-    eval_ds = make_eval_dataset(f"Synthetic:n={n_images}:size={size}:classes=10:seed=1", size)
-    print(f"[demo] evaluating {name}: equivariance ({', '.join(R2_TASKS)}) on {args.eval_images} held-out images",
-          flush=True)
-    eq = evaluate_equivariance(backbone, eval_ds, tasks=R2_TASKS, features=(args.features,),
-                               n_train=args.eval_images - args.eval_images // 3, n_test=args.eval_images // 3,
-                               epochs=args.probe_epochs, seed=0)
-    print(f"[demo] evaluating {name}: k-NN and linear probe on {args.class_images} held-out images", flush=True)
-    class_ds = torch.utils.data.Subset(eval_ds, range(args.class_images))
-    train_ds, test_ds = split_dataset(class_ds, test_fraction=1 / 3, seed=0)
-    inv = evaluate_invariance(backbone, train_ds, test_ds, features=("cls",))
-    r2 = dict(eq["r2"][args.features])
-    dense = {}
-    if getattr(args, "dense", True):
-        from dinov2_eqcoh.eval.dense import DEFAULT_SIZE, dense_probes, headline
-
-        print(f"[demo] evaluating {name}: dense probes (homography, propagation, segmentation) at {DEFAULT_SIZE} px",
-              flush=True)
-        dense = {"dense": headline(dense_probes(backbone, size=DEFAULT_SIZE, seed=0,
-                                                scale=args.dense_scale))}
-    fill_free = fill_free_r2(name, backbone, size, args) if getattr(args, "fill_free", True) else {}
-    return {
-        **dense,
-        **fill_free,
-        "r2": {t: r2[t] for t in (*R2_TASKS, "mean")},
-        "knn_top1": inv["knn"]["cls"],
-        "linear_top1": inv["linear"]["cls"],
-        "equivariance": eq,
-        "invariance": inv,
-    }
-
-
-def fill_free_r2(name: str, backbone, size: int, args) -> dict:
-    """R² of the geometric tasks without the fill (issue 21): held-out images drawn at `fill_free_size(size)` px,
-    g_θ rendered on them, the backbone shown their centred `size` px, so no corner a rotation or shift uncovers is
-    seen (docs/fill_leak). Same images (seed 1), probe and features as `probe_backbone`'s R².
-
-    Returns:
-        {"r2_fill_free": {task: R², ...}, "fill_free_canvas": px}.
-    """
-    from dinov2_eqcoh.eval.equivariance import evaluate_equivariance, fill_free_size
-    from dinov2_eqcoh.eval.features import make_eval_dataset
-
-    canvas = fill_free_size(size)
-    ds = make_eval_dataset(f"Synthetic:n={args.eval_images}:size={canvas}:classes=10:seed=1", canvas)
-    print(f"[demo] evaluating {name}: fill-free R² ({', '.join(FILL_FREE_TASKS)}; {size} px of {canvas} px images)",
-          flush=True)
-    eq = evaluate_equivariance(backbone, ds, tasks=FILL_FREE_TASKS, features=(args.features,), crop=size,
-                               n_train=args.eval_images - args.eval_images // 3, n_test=args.eval_images // 3,
-                               epochs=args.probe_epochs, seed=0)
-    r2 = eq["r2"][args.features]
-    return {"r2_fill_free": {t: r2[t] for t in FILL_FREE_TASKS}, "fill_free_canvas": canvas}
+    return run_training("[demo]", name, cmd, output_dir / f"{name}.train.log")
 
 
 def dino_loss_at_end(run_dir: Path, cfg) -> dict:

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from dinov2_eqcoh.eval.dense import DEFAULT_SIZE
     from dinov2_eqcoh.eval.features import RawPixels
     from dinov2_eqcoh.eval.segmentation import evaluate_segmentation, make_segmentation_datasets
-    from dinov2_eqcoh.experiments.regime import CHOSEN
+    from dinov2_eqcoh.experiments.registry import REGIME
     from dinov2_eqcoh.method.config import load_config
     from dinov2_eqcoh.weights.checkpoints import load_backbone
 
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--tasks {args.tasks!r}: a comma list of seg, prop, hom")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(args.config_file, list(CHOSEN))
+    cfg = load_config(args.config_file, list(REGIME))
     torch.manual_seed(0)
     makers = {"raw_pixels": lambda: RawPixels(int(cfg.student.patch_size)),
               "untrained": lambda: build_model_from_cfg(cfg, only_teacher=True)[0]}

@@ -27,8 +27,8 @@ def main(argv=None) -> int:
 
     from dinov2_eqcoh.eval.equivariance import evaluate_equivariance
     from dinov2_eqcoh.eval.features import make_eval_dataset
-    from dinov2_eqcoh.experiments.curves import teacher_at
-    from dinov2_eqcoh.experiments.study import interval
+    from dinov2_eqcoh.experiments.runner import teacher_at
+    from dinov2_eqcoh.experiments.stats import interval
     from dinov2_eqcoh.method.config import load_config
     from dinov2_eqcoh.weights.checkpoints import load_backbone
 

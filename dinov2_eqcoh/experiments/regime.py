@@ -19,8 +19,9 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
+
+from dinov2_eqcoh.experiments.runner import logged_train_seconds
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/demo/eqcoh_demo.yaml"  # 50 iterations per "epoch"
@@ -36,32 +37,15 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "w64_masked_200": ([], "the demo as shipped (width 64, masked, 200 iterations): the reference"),
 }
 
-# the regime chosen on these diagnostics (docs/mechanism_regime.md): the demo config plus these, 800 iterations
-CHOSEN = ("eqcoh.decoder.dim=256", "eqcoh.extra_unmasked_pass=true")
-
 
 def train(name: str, out: Path, config: str = CONFIG) -> float:
     """One candidate through DINOv2's loop (resumes its folder); returns the wall seconds of this call."""
+    from dinov2_eqcoh.experiments.runner import run_training, train_command
+
     overrides, _ = CANDIDATES[name]
-    cmd = [sys.executable, "-m", "dinov2.train.train", "--config-file", config, "--output-dir", str(out / name),
-           *overrides, "evaluation.eval_period_iterations=0"]
+    cmd = train_command(config, out / name, [*overrides, "evaluation.eval_period_iterations=0"])
     print(f"[regime] training {name}: {shlex.join(cmd[1:])}", flush=True)
-    from dinov2_eqcoh.experiments.runner import progress_reporter, run_logged
-
-    t0 = time.time()
-    if run_logged(cmd, out / f"{name}.train.log", progress_reporter("[regime]", name), mode="a") != 0:
-        raise SystemExit(f"[regime] training {name} failed; see {out / f'{name}.train.log'}")
-    return time.time() - t0
-
-
-def logged_train_seconds(run_dir: Path) -> float:
-    """Training time of a run over all its segments: the sum of DINOv2's "Training Total time: H:MM:SS" lines."""
-    import re
-
-    total = 0.0
-    for h, m, s in re.findall(r"Training Total time: (\d+):(\d+):(\d+)", (run_dir / "logs/log.txt").read_text()):
-        total += 3600 * int(h) + 60 * int(m) + int(s)
-    return total
+    return run_training("[regime]", name, cmd, out / f"{name}.train.log", append=True)
 
 
 def planned_iterations(run_dir: Path) -> int:

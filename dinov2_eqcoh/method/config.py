@@ -58,10 +58,25 @@ def build_cfg(
     OmegaConf.set_struct(cfg, True)
     for source, other in ((file_name, file_cfg), ("the command line", cli_cfg)):
         upgrade_old_config(other, source)
+        _drop_records(other)
         check_known_keys(cfg, other, source)
         cfg = OmegaConf.merge(cfg, other)
     validate(cfg)
     return cfg
+
+
+# Keys a run writes into its config.yaml as a record of how it started (the run-folder check's decision): a copy of
+# that config.yaml given as a config file must not carry an earlier start's record into the new one.
+RECORD_KEYS = ("eqcoh.start",)
+
+
+def _drop_records(cfg: DictConfig) -> None:
+    for key in RECORD_KEYS:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key)
+        if isinstance(parent, DictConfig) and leaf in parent:
+            with open_dict(parent):
+                del parent[leaf]
 
 
 def load_config(config_file: str | Path, opts: Sequence[str] = ()) -> DictConfig:

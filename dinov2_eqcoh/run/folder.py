@@ -5,10 +5,9 @@ DINOv2 resumes whatever `last_checkpoint.rank_N` in `--output-dir` names, with f
 every tensor whose shape differs (a warning), leaves those at their random initialisation, and only fails later
 inside the optimizer, after `config.yaml` has been overwritten. This module makes the decision up front:
 
-* `plan_run_folder(cfg, output_dir, no_resume)` compares the model `cfg` builds (built on the meta device: no
-  memory, no weights) with what the folder holds: the names and shapes of every parameter and buffer of student
-  and teacher, and the optimizer's parameter groups (count, sizes, shapes of the Adam moments), read from the
-  checkpoint that DINOv2 would resume (`torch.load(mmap=True)`: only the metadata is read). A folder without a
+* `plan_run_folder(cfg, output_dir, no_resume)` compares the model `cfg` builds with what the folder holds, read
+  from the checkpoint that DINOv2 would resume (`dinov2_eqcoh.run.layout`: names and shapes of every tensor and
+  the optimizer's parameter groups, read without loading the weights). A folder without a
   tagged checkpoint is compared through its latest `eval/*/teacher_checkpoint.pth`, else through the model its
   `config.yaml` builds. Any difference raises `RunFolderError`, naming the config keys that differ (old, new
   value), the tensors that would not load and the two ways out; nothing in the folder is touched. The same is
@@ -19,9 +18,11 @@ inside the optimizer, after `config.yaml` has been overwritten. This module make
 * `config_for_checkpoint(path)` (in `dinov2_eqcoh.weights.run_config`, which reads the history this module writes)
   picks the config a given checkpoint was trained with (export, evaluations).
 
-Where it runs: `EqCohMetaArch.build_cfg`, which DINOv2's `get_cfg_from_args` calls before `setup` creates the
-folder, the logs or `config.yaml` (so `python -m dinov2.train.train`, `python -m dinov2_eqcoh.train` and the
-SLURM jobs are all covered), and `dinov2_eqcoh.run.train` before it submits (`check_before_submit`).
+Where it runs: `start_run(cfg, output_dir, no_resume)`, called by `EqCohMetaArch.build_cfg`, which DINOv2's
+`get_cfg_from_args` calls with its arguments before `setup` creates the folder, the logs or `config.yaml` (so
+`python -m dinov2.train.train`, `python -m dinov2_eqcoh.train` and the SLURM jobs are all covered); its decision
+travels to the model as a value in the config (`eqcoh.start`), read by `log_start` and `resume_readable`. And
+`dinov2_eqcoh.run.train` checks before it submits (`check_before_submit`).
 
 Config history: `config.yaml` is the config of the running (latest) segment, as DINOv2 writes it.
 `config_history/config.<stamp>.it<A>-<B>.yaml` is a byte copy of the `config.yaml` that trained iterations A..B,
@@ -31,7 +32,6 @@ with the history file whose range holds i, else with `config.yaml`.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import glob
 import logging
@@ -42,20 +42,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dinov2_eqcoh.run.recover import damage, newest_readable, recover, tagged_checkpoint  # noqa: F401 - API
-from dinov2_eqcoh.weights.files import atomic_output
-from dinov2_eqcoh.weights.run_config import (  # noqa: F401 - names of this module before the split
-    _EVAL_DIR,
-    HISTORY_DIR,
-    SHARDED,
-    CheckpointReadError,
-    _is_sharded,
-    checkpoint_iteration,
-    config_for_checkpoint,
-    history_entries,
-    holds_sharded_tensors,
+from dinov2_eqcoh.run import batch
+from dinov2_eqcoh.run.batch import check_global_batch, describe_batch, trained_world_size
+from dinov2_eqcoh.run.layout import (
+    ModelLayout,
+    RunFolderError,
+    _format_differences,
+    _has_differences,
+    _quiet,
+    build_meta_model,
+    checkpoint_layout,
+    compare_layouts,
+    model_layout,
+    read_checkpoint_meta,
 )
-from dinov2_eqcoh.weights.run_config import read_checkpoint_meta as _read_checkpoint_meta
+from dinov2_eqcoh.run.recover import damage, newest_readable, recover, tagged_checkpoint
+from dinov2_eqcoh.weights.files import atomic_output
+from dinov2_eqcoh.weights.run_config import _EVAL_DIR, HISTORY_DIR, checkpoint_iteration, history_entries
 
 logger = logging.getLogger("dinov2")
 
@@ -68,92 +71,10 @@ RUN_FILE_PATTERNS = (
 )
 RUN_FILES_SHOWN = "config.yaml, config_history/, model_*.pth, last_checkpoint.rank_*, eval/, logs/, training_metrics.json"
 # keys whose value differs between runs without changing anything trained: not listed as changes
-IGNORED_KEYS = ("train.output_dir",)
-_SHOW = 12  # tensors named per kind of difference
-
-_pending_log: list[tuple[int, str]] = []  # (level, message) for logs/log.txt, which does not exist yet at the check
-_building = False  # inside build_meta_model: the model built is not the run's
-_pending_recover: list[str] = []  # run folders whose damaged checkpoints the built model recovers (run/recover.py)
-
-
-class RunFolderError(ValueError):
-    """The output folder (or a weights file) holds another model than the config builds; nothing was changed."""
+IGNORED_KEYS = ("train.output_dir", "eqcoh.start")
 
 
 # ---------------------------------------------------------------------------------------------- reading
-
-
-def read_checkpoint_meta(path: str | os.PathLike) -> Any:
-    """`dinov2_eqcoh.weights.run_config.read_checkpoint_meta`, failing with a `RunFolderError`."""
-    try:
-        return _read_checkpoint_meta(path)
-    except CheckpointReadError as e:
-        raise RunFolderError(str(e)) from e
-
-
-def _shape(value) -> tuple[int, ...] | None:
-    shape = getattr(value, "shape", None)
-    return tuple(int(s) for s in shape) if shape is not None else None
-
-
-def _rank() -> int:
-    """This process's global rank before DINOv2 initialises torch.distributed (torchrun, then SLURM, else 0)."""
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
-def _world_size() -> int:
-    """The number of training processes of this start before torch.distributed exists, read as DINOv2's
-    `distributed.enable` will: a SLURM job's SLURM_NTASKS, else torchrun's WORLD_SIZE, else 1."""
-    if "SLURM_JOB_ID" in os.environ and os.environ.get("SLURM_NTASKS", "").isdigit():
-        return int(os.environ["SLURM_NTASKS"])
-    if os.environ.get("WORLD_SIZE", "").isdigit():
-        return int(os.environ["WORLD_SIZE"])
-    return 1
-
-
-def global_batch(cfg, world_size: int) -> tuple[int, float]:
-    """(global batch, the lr DINOv2 derives from it): world size × `train.batch_size_per_gpu`, and `optim.base_lr`
-    × sqrt(global batch / 1024) (DINOv2's `sqrt_wrt_1024` scaling rule, `apply_scaling_rules_to_cfg`)."""
-    import math
-
-    batch = int(world_size) * int(cfg.train.batch_size_per_gpu)
-    return batch, float(cfg.optim.base_lr) * math.sqrt(batch / 1024.0)
-
-
-def describe_batch(cfg, world_size: int) -> str:
-    batch, lr = global_batch(cfg, world_size)
-    return (f"{world_size} process{'es' if world_size != 1 else ''} × train.batch_size_per_gpu "
-            f"{cfg.train.batch_size_per_gpu} = global batch {batch}; optim.lr = optim.base_lr {cfg.optim.base_lr} "
-            f"× sqrt({batch} / 1024) = {lr:.6g}")
-
-
-def check_global_batch(cfg, world_size: int) -> str | None:
-    """Compare this launch's global batch with the recipe's (`eqcoh.recipe_global_batch`): None when equal or not
-    stated, else a warning naming the per-GPU batch that restores it; with `eqcoh.strict_global_batch` a
-    `RunFolderError` (nothing written yet)."""
-    recipe = cfg.eqcoh.get("recipe_global_batch")
-    batch, _ = global_batch(cfg, world_size)
-    if recipe is None or batch == int(recipe):
-        return None
-    per_gpu = int(recipe) / world_size
-    fix = (f"train.batch_size_per_gpu={int(per_gpu)} restores it" if per_gpu == int(per_gpu) else
-           f"no per-GPU batch restores it with {world_size} processes; use a count that divides {recipe}")
-    msg = (f"this launch trains at global batch {batch} ({describe_batch(cfg, world_size)}), the recipe at "
-           f"{recipe} (eqcoh.recipe_global_batch): {fix}")
-    if cfg.eqcoh.get("strict_global_batch", False):
-        raise RunFolderError(msg + " (eqcoh.strict_global_batch=true: stopped before anything was written; set it "
-                             "false to train anyway)")
-    return msg
-
-
-def trained_world_size(output_dir: str | os.PathLike) -> int:
-    """How many processes wrote the folder's checkpoints: its `last_checkpoint.rank_<N>` tags (0 without any)."""
-    ranks = [int(p.name.rsplit("_", 1)[1]) for p in Path(output_dir).glob("last_checkpoint.rank_*")
-             if p.name.rsplit("_", 1)[1].isdigit()]
-    return max(ranks) + 1 if ranks else 0
 
 
 def run_files(output_dir: str | os.PathLike) -> list[Path]:
@@ -196,8 +117,8 @@ def _container(cfg) -> dict:
 def config_diff(old_cfg, new_cfg) -> list[tuple[str, Any, Any]]:
     """(key, old value, new value) for every leaf that differs (`<absent>` for a key only one side has).
 
-    `train.output_dir` is ignored, and so is `optim.lr` under DINOv2's scaling rule (DINOv2 recomputes it from
-    `optim.base_lr`, the batch size and the world size at every start).
+    `train.output_dir` and the start record `eqcoh.start` are ignored, and so is `optim.lr` under DINOv2's scaling
+    rule (DINOv2 recomputes it from `optim.base_lr`, the batch size and the world size at every start).
     """
     old, new = _flatten(_container(old_cfg)), _flatten(_container(new_cfg))
     ignored = set(IGNORED_KEYS)
@@ -205,7 +126,7 @@ def config_diff(old_cfg, new_cfg) -> list[tuple[str, Any, Any]]:
         ignored.add("optim.lr")
     absent = "<absent>"
     return [(k, old.get(k, absent), new.get(k, absent)) for k in sorted(set(old) | set(new))
-            if k not in ignored and old.get(k, absent) != new.get(k, absent)]
+            if not any(k == i or k.startswith(i + ".") for i in ignored) and old.get(k, absent) != new.get(k, absent)]
 
 
 def _format_diff(diff: Sequence[tuple[str, Any, Any]], limit: int = 25) -> str:
@@ -227,143 +148,6 @@ def _load_old_config(path: Path):
 
 
 # ---------------------------------------------------------------------------------------------- the new model
-
-
-@dataclass
-class ModelLayout:
-    """Names and shapes of a meta-architecture's state and the optimizer's parameter groups DINOv2 builds."""
-
-    state: dict[str, tuple[int, ...]]
-    groups: list[list[tuple[int, ...] | None]]  # per group, the shape of each parameter (Adam moment)
-    multipliers: list[tuple[Any, Any, Any]] = field(default_factory=list)  # (lr_mult, wd_mult, is_last_layer)
-
-
-@contextlib.contextmanager
-def _quiet(name: str = "dinov2"):
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLevel(level)
-
-
-def build_meta_model(cfg):
-    """The meta-architecture of `cfg` (`train.meta_arch`), built on the meta device without pretrained weights."""
-    import copy
-
-    import torch
-    from dinov2.train.ssl_meta_arch import SSLMetaArch
-    from dinov2.utils.config import resolve_component
-    from omegaconf import open_dict
-
-    cfg = copy.deepcopy(cfg)
-    with open_dict(cfg):
-        cfg.student.pretrained_weights = ""
-    meta_arch_cls = resolve_component(cfg.train.get("meta_arch", ""), SSLMetaArch)
-    global _building
-    _building, was = True, _building
-    try:
-        with _quiet(), torch.device("meta"):
-            return meta_arch_cls(cfg)
-    finally:
-        _building = was
-
-
-def model_layout(cfg) -> ModelLayout:
-    """The layout of the model DINOv2 would build from `cfg` (parameters, buffers, optimizer groups)."""
-    model = build_meta_model(cfg)
-    groups = model.get_params_groups()  # what do_train hands to AdamW, in its order
-    return ModelLayout(
-        state={k: _shape(v) for k, v in model.state_dict().items()},
-        groups=[[_shape(p) for p in g["params"]] for g in groups],
-        multipliers=[(g.get("lr_multiplier"), g.get("wd_multiplier"), g.get("is_last_layer")) for g in groups],
-    )
-
-
-def checkpoint_layout(data: Any, source: str) -> ModelLayout | None:
-    """The layout a DINOv2 checkpoint holds: a training checkpoint (model + optimizer) or an eval dump
-    (`{"teacher": ...}`: teacher keys only). None for a sharded (FSDP flat-parameter) checkpoint."""
-    if data is SHARDED:
-        return None
-    if not isinstance(data, Mapping):
-        raise RunFolderError(f"{source}: not a DINOv2 checkpoint (a {type(data).__name__}, not a dict)")
-    if isinstance(data.get("model"), Mapping):
-        state = data["model"]
-    elif isinstance(data.get("teacher"), Mapping):
-        state = {f"teacher.{k.removeprefix('module.')}": v for k, v in data["teacher"].items()}
-    else:
-        raise RunFolderError(f"{source}: not a DINOv2 checkpoint (top-level keys: {', '.join(map(str, data))})")
-    if _is_sharded(state):
-        return None
-    from dinov2_eqcoh.method.ssl_meta_arch import drop_retired_keys
-
-    state, _ = drop_retired_keys(dict(state))  # tensors of earlier versions that a resume ignores
-    layout = ModelLayout(state={k: _shape(v) for k, v in state.items()}, groups=[])
-    optim = data.get("optimizer")
-    if isinstance(optim, Mapping) and isinstance(optim.get("param_groups"), list):
-        moments = optim.get("state", {})
-        for g in optim["param_groups"]:
-            layout.groups.append([_shape(moments.get(i, {}).get("exp_avg")) for i in g.get("params", [])])
-            layout.multipliers.append((g.get("lr_multiplier"), g.get("wd_multiplier"), g.get("is_last_layer")))
-    return layout
-
-
-def compare_layouts(ref: ModelLayout, new: ModelLayout, *, prefix: str = "", optimizer: bool = True) -> dict:
-    """Differences between a reference (the folder's checkpoint) and the new model.
-
-    Args:
-        prefix: compare only keys starting with it (`"teacher."` for an eval dump).
-        optimizer: compare the optimizer's parameter groups too (when the reference has them).
-
-    Returns:
-        {"mismatched": [...], "missing": [...], "unexpected": [...], "optimizer": [...], "not_loaded": n,
-        "total": n}: mismatched as "key (ref) vs (new)"; not_loaded = tensors of the new model that would not load.
-    """
-    new_state = {k: v for k, v in new.state.items() if k.startswith(prefix)}
-    mismatched = [f"{k} {ref.state[k]} -> {s}" for k, s in new_state.items() if k in ref.state and ref.state[k] != s]
-    missing = [k for k in new_state if k not in ref.state]
-    unexpected = [k for k in ref.state if k.startswith(prefix) and k not in new_state]
-    optim = []
-    if optimizer and ref.groups:
-        if len(ref.groups) != len(new.groups):
-            optim.append(f"{len(ref.groups)} parameter groups in the checkpoint, {len(new.groups)} in the new model")
-        else:
-            for i, (a, b) in enumerate(zip(ref.groups, new.groups)):
-                if len(a) != len(b):
-                    optim.append(f"group {i}: {len(a)} parameters -> {len(b)}")
-                else:
-                    bad = [j for j, (x, y) in enumerate(zip(a, b)) if x is not None and x != y]
-                    if bad:
-                        optim.append(f"group {i}: parameter {bad[0]} {a[bad[0]]} -> {b[bad[0]]}"
-                                     + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
-    return {"mismatched": mismatched, "missing": missing, "unexpected": unexpected, "optimizer": optim,
-            "not_loaded": len(mismatched) + len(missing), "total": len(new_state)}
-
-
-def _has_differences(d: Mapping) -> bool:
-    return bool(d["mismatched"] or d["missing"] or d["unexpected"] or d["optimizer"])
-
-
-def _format_differences(d: Mapping) -> str:
-    def names(items):
-        return ", ".join(items[:_SHOW]) + (f", ... ({len(items)} in all)" if len(items) > _SHOW else "")
-
-    parts = [f"{d['not_loaded']} of the new model's {d['total']} parameters and buffers would not load"]
-    if d["mismatched"]:
-        parts.append(f"shape differs (checkpoint -> new): {names(d['mismatched'])}")
-    if d["missing"]:
-        parts.append(f"not in the checkpoint: {names(d['missing'])}")
-    if d["unexpected"]:
-        parts.append(f"only in the checkpoint: {names(d['unexpected'])}")
-    if d["optimizer"]:
-        parts.append(f"optimizer state does not fit: {'; '.join(d['optimizer'])}")
-    return "\n  ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- the plan
@@ -486,7 +270,7 @@ def plan_run_folder(cfg, output_dir: str | os.PathLike, no_resume: bool = False,
 
     recovered = None
     if ckpt is not None:
-        _check_world_size(cfg, out, world_size if world_size is not None else _world_size(), old_cfg)
+        _check_world_size(cfg, out, world_size if world_size is not None else batch.world_size(), old_cfg)
         if not ckpt.is_file():
             raise RunFolderError(f"{out / f'last_checkpoint.rank_{rank}'} names {ckpt.name}, which does not exist: "
                                  "DINOv2 cannot resume this folder. " + _ways_out(out))
@@ -568,10 +352,11 @@ def _check_world_size(cfg, out: Path, new: int, old_cfg) -> None:
         f"{old}; torchrun: --nnodes × --nproc_per_node = {old}). " + _ways_out(out))
 
 
-def apply_plan(plan: RunFolderPlan) -> None:
+def apply_plan(plan: RunFolderPlan) -> list[tuple[int, str]]:
     """Carry out a plan (call on rank 0 only): move the old run away, or archive its config.yaml before a resume.
 
-    Messages are printed now and logged to `logs/log.txt` once DINOv2 has set up logging (`log_pending`).
+    Returns:
+        The messages printed, as (logging level, text), for the run's log (`start_run`).
     """
     if plan.action == "move":
         plan.move_to.mkdir(parents=True, exist_ok=False)
@@ -581,80 +366,68 @@ def apply_plan(plan: RunFolderPlan) -> None:
         plan.history_file.parent.mkdir(exist_ok=True)
         with atomic_output(plan.history_file) as tmp:  # all or nothing; a full disk is named
             shutil.copy2(plan.output_dir / "config.yaml", tmp)
-    if plan.action != "new":
-        _note(logging.INFO, f"dinov2_eqcoh: {plan.summary()}")
-    for w in plan.warnings:
-        _note(logging.WARNING, f"dinov2_eqcoh: warning: {w}")
+    notes = [(logging.INFO, f"dinov2_eqcoh: {plan.summary()}")] if plan.action != "new" else []
+    notes += [(logging.WARNING, f"dinov2_eqcoh: warning: {w}") for w in plan.warnings]
+    return notes
 
 
-def _note(level: int, msg: str) -> None:
-    print(msg, file=sys.stderr if level >= logging.WARNING else sys.stdout, flush=True)
-    _pending_log.append((level, msg))
+# ---------------------------------------------------------------------------------------------- a training start
 
 
-def log_pending() -> None:
-    """Log what the folder check decided, once DINOv2's logging exists (called by `EqCohMetaArch.__init__`)."""
-    while _pending_log and not _building:
-        level, msg = _pending_log.pop(0)
-        logger.log(level, msg)
+def start_run(cfg, output_dir: str | os.PathLike, no_resume: bool) -> dict:
+    """The run-folder step of a training start, before DINOv2 writes or loads anything in `output_dir`.
 
+    Called by `EqCohMetaArch.build_cfg` with DINOv2's `--output-dir` and `--no-resume` (patch 0001 passes DINOv2's
+    arguments). Every rank checks the global batch, the folder's lock and plans; rank 0 takes the lock and carries
+    the plan out. What was decided is printed now and returned as the start record, which travels in the config as
+    `eqcoh.start` (DINOv2 writes it into `config.yaml`) to the model, where `log_start` and `resume_readable` act on
+    it once DINOv2's log and process group exist.
 
-# ---------------------------------------------------------------------------------------------- entry points
-
-
-def _dinov2_args():
-    """The argparse namespace of DINOv2's `get_cfg_from_args(args)` up the call stack, or None.
-
-    `EqCohMetaArch.build_cfg` is called by that function, which gets `--output-dir` and `--no-resume`; the hook
-    itself receives only the configs, so the arguments are read from the caller's frame (pinned DINOv2 + patch
-    0001). Called from anywhere else (tools, tests), there is no run folder to check.
+    Returns:
+        {"action": "new" | "resume" | "restart" | "move", "log": [{"level": "INFO", "message": ...}, ...]}; the
+        log is rank 0's (other ranks print nothing).
     """
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "get_cfg_from_args" and frame.f_globals.get("__name__") == "dinov2.utils.config":
-            return frame.f_locals.get("args")
-        frame = frame.f_back
-    return None
-
-
-def check_in_dinov2_setup(cfg) -> RunFolderPlan | None:
-    """`EqCohMetaArch.build_cfg`'s step: plan (and on rank 0 apply) the start into DINOv2's `--output-dir`."""
-    args = _dinov2_args()
-    if args is None or not getattr(args, "output_dir", ""):
-        return None
     from dinov2_eqcoh.run.lock import acquire_lock, check_lock
 
-    rank = _rank()
-    batch_warning = check_global_batch(cfg, _world_size())  # every rank stops when strict
-    check_lock(args.output_dir)  # every rank: none waits for a rank 0 that stopped here
-    plan = plan_run_folder(cfg, args.output_dir, no_resume=bool(getattr(args, "no_resume", False)), rank=rank)
-    if rank == 0:
-        acquire_lock(args.output_dir)  # one writer per folder, before anything is written (run/lock.py)
-        apply_plan(plan)
-        _note(logging.INFO, f"dinov2_eqcoh: {describe_batch(cfg, _world_size())}")
+    processes = batch.world_size()
+    batch_warning = check_global_batch(cfg, processes)  # every rank stops when strict
+    check_lock(output_dir)  # every rank: none waits for a rank 0 that stopped here
+    this_rank = batch.rank()
+    plan = plan_run_folder(cfg, output_dir, no_resume=no_resume, rank=this_rank)
+    notes: list[tuple[int, str]] = []
+    if this_rank == 0:
+        acquire_lock(output_dir)  # one writer per folder, before anything is written (run/lock.py)
+        notes = apply_plan(plan)
+        notes.append((logging.INFO, f"dinov2_eqcoh: {describe_batch(cfg, processes)}"))
         if batch_warning:
-            _note(logging.WARNING, f"dinov2_eqcoh: warning: {batch_warning}")
-    if plan.action == "resume":
-        _pending_recover.append(str(plan.output_dir))  # carried out by every rank once the model is built
-    return plan
+            notes.append((logging.WARNING, f"dinov2_eqcoh: warning: {batch_warning}"))
+        for level, msg in notes:
+            print(msg, file=sys.stderr if level >= logging.WARNING else sys.stdout, flush=True)
+    return {"action": plan.action, "log": [{"level": logging.getLevelName(lv), "message": m} for lv, m in notes]}
 
 
-def recover_pending() -> None:
-    """`EqCohMetaArch.__init__`'s step (torch.distributed is set up, DINOv2 has not resumed yet): make every rank's
-    `last_checkpoint` name a readable checkpoint of one common iteration (`dinov2_eqcoh.run.recover`)."""
+def log_start(start: Mapping) -> None:
+    """Log a start record's messages into DINOv2's log (`logs/log.txt`, which did not exist at the check)."""
+    for note in start.get("log") or ():
+        logger.log(logging.getLevelName(note["level"]), note["message"])
+
+
+def resume_readable(start: Mapping, output_dir: str | os.PathLike) -> None:
+    """For a start that resumes: make every rank's `last_checkpoint` name a readable checkpoint of one common
+    iteration (`dinov2_eqcoh.run.recover`). Call after DINOv2 has set up torch.distributed and before it resumes."""
+    if start.get("action") != "resume":
+        return
     import torch.distributed as dist
 
-    while _pending_recover and not _building:
-        output_dir = _pending_recover.pop(0)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            def gather(obj):
-                objs = [None] * dist.get_world_size()
-                dist.all_gather_object(objs, obj)
-                return objs
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        def gather(obj):
+            objs = [None] * dist.get_world_size()
+            dist.all_gather_object(objs, obj)
+            return objs
 
-            recover(output_dir, rank=dist.get_rank(), gather=gather)
-        else:
-            recover(output_dir, rank=0)
+        recover(output_dir, rank=dist.get_rank(), gather=gather)
+    else:
+        recover(output_dir, rank=0)
 
 
 def check_before_submit(config_file: str, opts: Sequence[str], output_dir: str, no_resume: bool,

@@ -17,12 +17,13 @@ system error, a copy cut short, a quota hit by another tool). fvcore would then 
   file and its reason; nothing is moved or rewritten.
 
 Where it runs: `run.folder.plan_run_folder` (before anything is written) compares the model with the newest
-readable checkpoint and says what will happen; `EqCohMetaArch.__init__` (after DINOv2 has set up torch.distributed,
-before its checkpointer resumes) calls `recover` with the process group's all-gather.
+readable checkpoint and says what will happen; `EqCohMetaArch.prepare_for_distributed_training` (after DINOv2 has set up
+torch.distributed, before its checkpointer resumes) calls `recover` with the process group's all-gather.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import zipfile
@@ -33,7 +34,6 @@ from dinov2_eqcoh.weights.run_config import RANK_FILE
 
 logger = logging.getLogger("dinov2")
 
-_cache: dict[tuple[str, int, int], str | None] = {}
 UNKNOWN_LAST = 2**62  # the iteration of a damaged model_final whose run length is not known: after every other
 
 
@@ -48,10 +48,13 @@ def damage(path: str | os.PathLike) -> str | None:
         st = path.stat()
     except OSError as e:
         return f"cannot be read ({e.strerror})"
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _cache:
-        _cache[key] = _damage(path, st.st_size)
-    return _cache[key]
+    return _damage_of_version(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _damage_of_version(path: str, size: int, mtime_ns: int) -> str | None:
+    """`_damage` of one version of a file (path, size, mtime): a file read once per version, not per question."""
+    return _damage(Path(path), size)
 
 
 def _damage(path: Path, size: int) -> str | None:
