@@ -315,3 +315,32 @@ def test_no_experiment_imports_another():
     assert {"dinov2_eqcoh.experiments.study", "dinov2_eqcoh.experiments.curves"} <= entry_modules(files, "dinov2_eqcoh")
     bad = experiment_cross_imports(ROOT, "dinov2_eqcoh")
     assert not bad, "\n".join(bad)
+
+
+# ---------------------------------------------------------------------------------------------- module size
+
+MAX_LINES = 450
+
+
+def long_without_reason(root: Path) -> list[str]:
+    """Modules over MAX_LINES lines whose docstring gives no reason (a paragraph starting `Length:`)."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        n = text.count("\n")
+        if n > MAX_LINES and "\nLength: " not in "\n" + (ast.get_docstring(ast.parse(text)) or ""):
+            out.append(f"{path.relative_to(root)}: {n} lines, no 'Length:' reason in its docstring")
+    return out
+
+
+def test_size_check_finds_a_long_module_without_a_reason(tmp_path):
+    body = "x = 1\n" * (MAX_LINES + 1)
+    (tmp_path / "long.py").write_text('"""A module."""\n' + body)
+    (tmp_path / "reasoned.py").write_text('"""A module.\n\nLength: one protocol.\n"""\n' + body)
+    (tmp_path / "short.py").write_text('"""A module."""\nx = 1\n')
+    assert [b.split(":")[0] for b in long_without_reason(tmp_path)] == ["long.py"]
+
+
+def test_no_module_is_long_without_a_stated_reason():
+    bad = long_without_reason(ROOT)
+    assert not bad, "\n".join(bad)

@@ -249,3 +249,10 @@ def test_a_comment_in_the_config_does_not_orphan_a_study_a_changed_value_does(tm
                                                           if k != "config_content_sha256"}))
     check_identity(legacy, now)
     assert json.loads((legacy / "study_config.json").read_text()) == now
+
+
+def test_reports_record_paths_inside_the_repository_relative_to_it(tmp_path):
+    from dinov2_eqcoh.experiments.runner import REPO, shown
+
+    assert shown(REPO / "configs/demo/eqcoh_demo.yaml") == "configs/demo/eqcoh_demo.yaml"
+    assert shown(tmp_path / "x.yaml") == str(tmp_path / "x.yaml")

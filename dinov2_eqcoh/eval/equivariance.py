@@ -25,6 +25,9 @@ Blur σ. The paper probes at 224 px with σ ∈ [0.1, 2] px. Scaled to a 32 px p
 that is exactly the paper's definition, at smaller sizes the blur is proportionally stronger and resolvable.
 `blur_sigma_units="px_at_224"` keeps σ in pixels at 224 px, scaled with the eval size (the training convention of
 `eqcoh.ranges.blur_sigma`).
+
+Length: the task renderer, the θ probe with its early stopping, the feature extraction and the CLI are one
+protocol (the paper's Table 4), kept together so that every setting of a reported R² is read in one place.
 """
 
 from __future__ import annotations

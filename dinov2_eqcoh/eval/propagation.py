@@ -22,6 +22,9 @@ J-mean and F-mean over all objects of all sequences, J&F-mean their average. Voi
 background, as in that code. Writes propagation.json (per object and sequence too) and propagation.png
 (frames, ground truth and prediction); `--save-masks` also writes the predictions as DAVIS palette PNGs
 (`masks/<sequence>/<frame>.png`, the results layout davis2017-evaluation reads).
+
+Length: DAVIS' J and F are re-implemented here figure for figure (davis2017-evaluation's region IoU, boundary
+maps and matching) beside DINO's propagation, so the scores can be checked against that code in one file.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from dinov2_eqcoh.experiments.runner import (
     hold_folder,
     logged_train_seconds,
     run_training,
+    shown,
     teacher_at,
     train_command,
 )
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
     if args.iterations % epoch:
         raise SystemExit(f"--iterations {args.iterations}: a multiple of train.OFFICIAL_EPOCH_LENGTH = {epoch}")
     period = math.gcd(*points)
-    identity = {"config_file": str(args.config_file),
+    identity = {"config_file": shown(args.config_file),
                 **config_fingerprint(args.config_file),
                 "regime": list(REGIME), "opts": list(args.opts), "iterations": args.iterations, "seed": args.seed,
                 "eval_images": args.eval_images, "class_images": args.class_images, "probe_epochs": args.probe_epochs,

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from dinov2_eqcoh.experiments.probes import FILL_FREE_TASKS, R2_TASKS, probe_backbone
+from dinov2_eqcoh.experiments.runner import shown
 
 logger = logging.getLogger("dinov2.eqcoh.demo")
 
@@ -95,8 +96,8 @@ def evaluate_model(name: str, run_dir: Path, args) -> dict:
         "description": DESCRIPTIONS[name],
         **probe_backbone(name, backbone, cfg.crops.global_crops_size, args),
         **dino_loss_at_end(run_dir, cfg),
-        "checkpoint": str(ckpt),
-        "teacher_checkpoints": sorted(str(p) for p in run_dir.glob("eval/*/teacher_checkpoint.pth")),
+        "checkpoint": shown(ckpt),
+        "teacher_checkpoints": sorted(shown(p) for p in run_dir.glob("eval/*/teacher_checkpoint.pth")),
     }
 
 
@@ -324,7 +325,7 @@ def main(argv=None) -> int:
         ckpt = run_dir / "model_final.rank_0.pth"
         student, cfg, iteration = load_student_model(ckpt)  # strict: a missing or unexpected key names itself
         rec = diagnose_model(student, cfg, n=args.diagnostic_images)
-        models["eqcoh"]["reconstruction"] = {**rec, "checkpoint": str(ckpt), "iteration": iteration}
+        models["eqcoh"]["reconstruction"] = {**rec, "checkpoint": shown(ckpt), "iteration": iteration}
         # the numbers are in the report first; the pictures come after and lose nothing if they fail
         plot_training_diagnostics(training_records(run_dir), output_dir / "diagnostics.png",
                                   "eqcoh: the decoders' diagnostics logged during training")
@@ -334,7 +335,7 @@ def main(argv=None) -> int:
     report = {
         "models": models,
         "reference": reference,
-        "settings": {"config_file": args.config_file, "preset": args.preset, "preset_opts": PRESETS[args.preset],
+        "settings": {"config_file": shown(args.config_file), "preset": args.preset, "preset_opts": PRESETS[args.preset],
                      "opts": args.opts, "features": args.features,
                      "eval_images": args.eval_images, "class_images": args.class_images,
                      "probe_epochs": args.probe_epochs},

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from dinov2_eqcoh.experiments.runner import shown
+
 REPO = Path(__file__).resolve().parents[2]
 TASKS = ("rot", "trans", "se2", "color", "blur")
 
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
         backbones[name] = load_backbone(path)[0]
     probe = dict(tasks=TASKS, features=("cls", "concat"), n_train=args.images - args.images // 3,
                  n_test=args.images // 3, epochs=args.epochs, seed=0)
-    results = {"config_file": args.config_file, "size": size, "canvas": canvas, "probe": {**probe, "tasks": TASKS},
+    results = {"config_file": shown(args.config_file), "size": size, "canvas": canvas, "probe": {**probe, "tasks": TASKS},
                "scores": {}}
     for name, backbone in backbones.items():
         for rendering in ("filled", "fill_free"):

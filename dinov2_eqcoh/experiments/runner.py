@@ -40,6 +40,13 @@ def run_logged(cmd: list[str], log_path: Path, report, mode: str = "w") -> int:
 TRAIN_MODULE = "dinov2_eqcoh.train"
 
 
+def shown(path: str | Path) -> str:
+    """A path as a report records it: relative to the repository when inside it (a report read on another machine
+    names `configs/...`, `out/...`), else as given."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
+
+
 def train_command(config_file: str | Path, run_dir: Path, opts: Sequence[str] = ()) -> list[str]:
     """The command that trains `config_file` (+ `key=value` overrides) into `run_dir`."""
     return [sys.executable, "-m", TRAIN_MODULE, "--config-file", str(config_file), "--output-dir", str(run_dir),

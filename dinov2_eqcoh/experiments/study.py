@@ -44,7 +44,7 @@ import torch
 from dinov2_eqcoh.experiments.identity import check_identity, config_fingerprint
 from dinov2_eqcoh.experiments.probes import PROBE_GROUPS
 from dinov2_eqcoh.experiments.registry import DEFAULT_MODELS, DESCRIPTIONS, MODELS
-from dinov2_eqcoh.experiments.runner import dino_trajectory, hold_folder, run_training, train_command
+from dinov2_eqcoh.experiments.runner import dino_trajectory, hold_folder, run_training, shown, train_command
 from dinov2_eqcoh.experiments.study_report import HEADLINE, METRICS, fmt_iv, plot_study, summarise, write_report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def parse_seeds(spec: str) -> list[int]:
 def study_identity(args, base_epochs: int) -> dict:
     """What makes two studies comparable: config file contents, overrides, budget and probe settings."""
     return {
-        "config_file": str(args.config_file),
+        "config_file": shown(args.config_file),
         **config_fingerprint(args.config_file),
         "opts": list(args.opts),
         "budget": args.budget,

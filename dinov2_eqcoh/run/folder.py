@@ -28,6 +28,9 @@ Config history: `config.yaml` is the config of the running (latest) segment, as 
 `config_history/config.<stamp>.it<A>-<B>.yaml` is a byte copy of the `config.yaml` that trained iterations A..B,
 archived when a later start resumed from the checkpoint of iteration B. A checkpoint of iteration i was trained
 with the history file whose range holds i, else with `config.yaml`.
+
+Length: one decision, `plan_run_folder`, with the messages that name each way out; what it compares is in
+`dinov2_eqcoh.run.layout`, the batch arithmetic in `dinov2_eqcoh.run.batch`.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ registers; HF: bicubic to the target size; timm: bicubic with antialias), so out
 
 transformers, timm and safetensors are optional (`pip install 'dinov2-eqcoh[interop]'`); this module imports
 safetensors only to read or write such files, and never imports transformers or timm.
+
+Length: two libraries' key maps in both directions, their export folders and their file readers; each map sits
+beside its inverse so that a round trip is read in one place.
 """
 
 from __future__ import annotations
