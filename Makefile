@@ -50,7 +50,7 @@ study: build/dinov2.stamp
 study-learned: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_learned --title "learned-invariance regime" $(STUDY_ARGS) $(LEARNED_OPTS)
 
-# issue 29 part 5: the study where the decoders act (docs/mechanism_regime.md): 800 iterations, five models, 3 seeds
+# the study where the decoders act (docs/mechanism_regime.md): 800 iterations, five models, 3 seeds
 # (about 4 h on 2 cores: 30 min for the first run and its references, 229 min estimated for the rest; resumable:
 # rerun the same command)
 REGIME_OPTS := eqcoh.decoder.dim=256 eqcoh.extra_unmasked_pass=true
@@ -58,7 +58,7 @@ study-regime: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.study --output-dir out/study_regime --title "mechanism regime (800 iterations)" \
 		--models dinov2,dinov2_aug,eqcoh,eqcoh_k1,eqcoh_head_only --budget 4 $(STUDY_ARGS) $(REGIME_OPTS)
 
-# issue 21 part 4: does fill-free geometry change any probe? The regime study plus DINOv2 + g and EqCoh trained with
+# does fill-free geometry change any probe? The regime study plus DINOv2 + g and EqCoh trained with
 # eqcoh.fill_free=true, paired by seed with their filled twins (same folder; about 30 min more per seed: the regime
 # study's dinov2_aug trained in 9 min, its eqcoh in 16 min on a quiet machine)
 study-regime-fill-free: build/dinov2.stamp

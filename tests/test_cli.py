@@ -91,3 +91,13 @@ def test_every_option_of_every_tool_has_help_and_output_means_a_file_output_dir_
                 wrong.append(f"{name} --output-dir: {action.help!r} names no folder")
     assert not missing, "options without help: " + ", ".join(missing)
     assert not wrong, "; ".join(wrong)
+
+
+def test_no_help_text_cites_an_issue_or_a_development_part():
+    import re
+
+    pattern = re.compile(r"\b[Ii]ssue\s*#?\d+|\bpart \d+\b")
+    assert pattern.search("Learning curves (issue 29, part 3)") and not pattern.search("the pipeline's parts")
+    bad = [f"{name}: {m.group(0)!r}" for name, parser in _cli_parsers()
+           for m in [pattern.search(" ".join(parser.format_help().split()))] if m]
+    assert not bad, "help texts that cite development history: " + ", ".join(bad)

@@ -188,7 +188,7 @@ def test_progress_reporter_reads_dinov2s_metric_logger_line(tmp_path):
 def test_bad_arguments_are_named(tmp_path):
     for args, text in ((["--seeds", "two"], "--seeds"), (["--models", "dinov3"], "unknown ['dinov3']"),
                        (["--budget", "0"], "--budget"), (["--dense-scale", "0"], "--dense-scale"),
-                       (["--probes", "global,depth"], "allowed groups global, dense, fill_free, reconstruction")):
+                       (["--probes", "global,depth"], "allowed groups global, dense, fill_free, reconstruction, frozen_reconstruction")):
         proc = run([sys.executable, "-m", "dinov2_eqcoh.experiments.study", "--output-dir", tmp_path / "s", *args], check=False)
         assert proc.returncode != 0 and text in proc.stdout, proc.stdout
     assert not (tmp_path / "s").exists()

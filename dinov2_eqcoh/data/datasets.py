@@ -139,7 +139,7 @@ class SyntheticGlyphs:
 
 
 class PhotoCrops:
-    """Crops of a photograph bundled with a dependency: photographic texture, no colour coding (issue 21).
+    """Crops of a photograph bundled with a dependency: photographic texture, no colour coding.
 
     The photograph is matplotlib's sample `grace_hopper.jpg` (600 x 512 px; matplotlib is in the `dev` extra): item
     i is a 4:3 crop of it, `size` x 3/4·`size` px, whose width is uniform in [0.35, 0.9] of the photograph's and

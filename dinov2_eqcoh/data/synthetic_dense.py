@@ -200,7 +200,7 @@ class SyntheticVideos:
             raise ValueError(f"SyntheticVideo: photometric={photometric} must lie in 0..1")
         SyntheticGlyphs(n=n, size=size, classes=classes, seed=seed)
         self.n, self.frames, self.size, self.classes, self.seed = int(n), int(frames), int(size), int(classes), int(seed)
-        # issue 21: illumination / colour drift over each video (0 = none): by the last frame every channel is scaled
+        # illumination / colour drift over each video (0 = none): by the last frame every channel is scaled
         # by a factor in [1 - p, 1 + p] and shifted by up to ±p/2 of the range, drawn per video; frame t gets t/(T-1)
         # of it. Raw-pixel matching across frames suffers, features invariant to colour jitter need not
         self.photometric = float(photometric)
@@ -266,7 +266,7 @@ class SyntheticVideos:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# shapes whose colour says nothing (issue 21): segmentation classes defined by shape alone
+# shapes whose colour says nothing: segmentation classes defined by shape alone
 # ---------------------------------------------------------------------------------------------------------------
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "bar")

@@ -21,7 +21,7 @@ normalised pixel space, averaged over images, channels and pixels):
 
 and for the pairs: `decoder_gap` MSE(D_k, D_{k+1}) (0: the decoders coincide). `grad_ratio` is
 ‖∇_backbone λ·L_recon‖ / ‖∇_backbone L_SSL‖ over the student backbone's parameters, from two `forward_backward`
-calls on the same batch and state (one with λ = 0). The mechanism acts (issue 29's target) when every D_k is below
+calls on the same batch and state (one with λ = 0). The mechanism acts (the mechanism criteria) when every D_k is below
 both θ-blind predictors and lands within 1/6 of k/(K+1): `acts` in the JSON.
 
 The pure functions (`pool_to_grid`, `path_position`, `summarize_outputs`) live in `dinov2_eqcoh.method.diagnostics`,

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Learning curves (issue 29, part 3): does a gap open with training? One long run per model, probed at
+"""Learning curves: does a gap open with training? One long run per model, probed at
 log-spaced iterations, against the untrained backbone and raw pixels.
 
 Models (the study's definitions, `experiments.registry.MODELS`), each trained once through DINOv2's own loop in the

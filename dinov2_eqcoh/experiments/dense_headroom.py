@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Can a dense task tell a trained backbone from raw pixels and an untrained one? (issue 21, part 2)
+"""Can a dense task tell a trained backbone from raw pixels and an untrained one?
 
 Homography MCE (`eval.homography`, 64 px) on the built-in scenes and on crops of a photograph bundled with matplotlib;
 segmentation mIoU (`eval.segmentation`, linear probe on the patch tokens, 64 px) on the colour-coded built-in

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Does the fill of uncovered corners leak θ into the R² probes? (issue 21, part 4)
+"""Does the fill of uncovered corners leak θ into the R² probes?
 
 The same held-out built-in images, probed twice with the demo's R² protocol: rendered as the probes always have
 (g_θ on the S px image, the corners a rotation or shift uncovers filled with zeros = mean grey) and fill-free

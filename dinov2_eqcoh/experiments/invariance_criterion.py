@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The learned-invariance criterion of issue 29, part 4, on a baseline's learning curve (never on EqCoh's).
+"""The learned-invariance criterion on a baseline's learning curve (never on EqCoh's).
 
 Does training a baseline destroy rotation information? At each kept teacher of a run (the learning-curve runs of
 `experiments.curves`), R²(rot) on the CLS token is probed with several probe seeds (image subset, θ draws, probe

@@ -5,7 +5,9 @@
   held-out built-in images (`probe_backbone`);
 - `dense`: homography MCE, label-propagation J&F, segmentation mIoU (`eval.dense`);
 - `fill_free`: R² of the geometric tasks with no uncovered corner shown (`fill_free_r2`, docs/fill_leak);
-- `reconstruction`: the decoders' diagnostics of a run trained with λ > 0 (`eval.reconstruction`).
+- `reconstruction`: the decoders' diagnostics of a run trained with λ > 0 (`eval.reconstruction`);
+- `frozen_reconstruction`: fresh decoders trained on the frozen backbone to reconstruct the path between two views
+  (`eval.reconstruction_probe`; about 5 min per backbone at the mechanism regime's width on 2 cores).
 
 Each group is `group(name, backbone, size, args, run_dir) -> dict` (the score record's entries); `args` carries
 `eval_images`, `class_images`, `probe_epochs`, `features` and `dense_scale`.
@@ -63,7 +65,7 @@ def probe_backbone(name: str, backbone, size: int, args) -> dict:
 
 
 def fill_free_r2(name: str, backbone, size: int, args) -> dict:
-    """R² of the geometric tasks without the fill (issue 21): held-out images drawn at `fill_free_size(size)` px,
+    """R² of the geometric tasks without the fill: held-out images drawn at `fill_free_size(size)` px,
     g_θ rendered on them, the backbone shown their centred `size` px, so no corner a rotation or shift uncovers is
     seen (docs/fill_leak). Same images (seed 1), probe and features as `probe_backbone`'s R².
 
@@ -111,7 +113,7 @@ def fill_free_group(name: str, backbone, size: int, args, run_dir: Path | None =
 def reconstruction_group(name: str, backbone, size: int, args, run_dir: Path | None = None) -> dict:
     """The decoders' diagnostics (`eval.reconstruction.diagnose`: each D_k's MSE against copy v2 and v2 pooled to the
     token grid, where it lands on the path, the gradient ratio) on the final student of a run trained with λ > 0,
-    DIAGNOSTIC_IMAGES fresh built-in images, and the first iteration from which the training logs meet issue 29's
+    DIAGNOSTIC_IMAGES fresh built-in images, and the first iteration from which the training logs meet the mechanism criteria's
     target to the end (`acting_since`). Runs without decoders (λ 0) and the references have none: nothing."""
     from dinov2_eqcoh.method.config import load_config
 
@@ -123,6 +125,17 @@ def reconstruction_group(name: str, backbone, size: int, args, run_dir: Path | N
     return {"reconstruction": {**report, "acting_since": acting_since(training_records(run_dir))}}
 
 
+def frozen_reconstruction_group(name: str, backbone, size: int, args, run_dir: Path | None = None) -> dict:
+    """The frozen reconstruction probe (`eval.reconstruction_probe`, v1 given, its default budget) on the pipeline of
+    the run's config (the references: the experiment's config file and overrides)."""
+    from dinov2_eqcoh.eval.reconstruction_probe import headline, probe_backbone
+    from dinov2_eqcoh.method.config import load_config
+
+    cfg = load_config(run_dir / "config.yaml") if run_dir is not None else load_config(args.config_file, args.opts)
+    report = probe_backbone(backbone, cfg, seed=0)
+    return {"frozen_reconstruction": {**headline(report), "per_k": report["per_k"]}}
+
+
 PROBE_GROUPS = {"global": global_probes, "dense": dense_group, "fill_free": fill_free_group,
-                "reconstruction": reconstruction_group}
+                "reconstruction": reconstruction_group, "frozen_reconstruction": frozen_reconstruction_group}
 DIAGNOSTIC_IMAGES = 256

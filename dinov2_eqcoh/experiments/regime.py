@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The regime search of issue 29, part 2: where do the decoders act? One command, resumable, chosen on the
+"""The regime search: where do the decoders act? One command, resumable, chosen on the
 decoders' diagnostics only (never on R², k-NN or dense probe scores).
 
 Trains each candidate (the demo recipe plus overrides: decoder width, masked or unmasked z_equi, budget) through
@@ -10,7 +10,7 @@ candidates (their diagnostics JSON is there) and resumes an interrupted one (DIN
 
     python -m dinov2_eqcoh.experiments.regime [--output-dir out/regime] [--candidates a,b,...] [--list]
 
-Target (issue 29): every D_k below copy v2 and below v2 pooled to the token grid, landing within 1/6 of k/(K+1).
+Target (the mechanism criteria): every D_k below copy v2 and below v2 pooled to the token grid, landing within 1/6 of k/(K+1).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def row(name: str, d: dict) -> str:
 
 def write_outputs(out: Path, results: dict, config: str = CONFIG) -> None:
     (out / "regime.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = ["# Regime search (issue 29, part 2): the decoders' diagnostics per candidate", "",
+    lines = ["# Regime search: the decoders' diagnostics per candidate", "",
              f"Command: `python -m dinov2_eqcoh.experiments.regime --output-dir {out}`; config `{config}` plus the "
              "overrides; final student on 256 fresh images; single runs (one training seed).", "",
              "| run | overrides | iterations | train s | D_k MSE | copy v2 | pooled v2 | grid floor | shuffled v1 "

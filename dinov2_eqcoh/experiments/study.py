@@ -242,8 +242,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", default="global,dense,fill_free,reconstruction",
                    help="probe groups: global (R² tasks, k-NN, linear), dense (homography, propagation, "
                         "segmentation at 64 px), fill_free (R² of rot, trans, se2 with no filled corners) and "
-                        "reconstruction (the decoders' diagnostics of runs trained with λ > 0); a group added later is "
-                        "scored on the finished runs only")
+                        "reconstruction (the decoders' diagnostics of runs trained with λ > 0); on request "
+                        "frozen_reconstruction (fresh decoders on the frozen backbone, about 5 min per backbone); a "
+                        "group added later is scored on the finished runs only")
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: score the finished runs (probe groups they miss) and rewrite the report")
     p.add_argument("--dense-scale", type=float, default=1.0,

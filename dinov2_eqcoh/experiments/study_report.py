@@ -17,11 +17,13 @@ METRICS = {
     "r2.se2": "R²(se2)", "r2.mean": "mean R²", "r2_fill_free.rot": "R²(rot) fill-free",
     "r2_fill_free.trans": "R²(trans) fill-free", "r2_fill_free.se2": "R²(se2) fill-free", "knn_top1": "k-NN top-1", "linear_top1": "linear top-1",
     "dense.mce": "homography MCE (px, lower better)", "dense.jf_mean": "propagation J&F", "dense.miou": "segmentation mIoU",
+    "frozen_reconstruction.mse_ratio": "frozen recon. MSE / mean image (lower better)",
+    "frozen_reconstruction.k1_path": "frozen recon. D_1 path (target 1/3)",
     "dino_ratio_end": "DINO loss / ln K (end)", "dino_ratio_last_quarter_max": "DINO / ln K, last-quarter max",
 }
 HEADLINE = ("r2.rot", "r2.mean", "knn_top1")
 # the report's (and the README's) first table: the paper's R²(rot) and mean R², the fill-free geometry (docs/fill_leak),
-# k-NN, linear and the geometric dense probe; the comparisons issue 29 asks for, and what training does at all
+# k-NN, linear and the geometric dense probe; the comparisons that separate L_recon from the head split, and what training does at all
 HEADLINE_TABLE = ("r2.rot", "r2.mean", "r2_fill_free.trans", "r2_fill_free.se2", "knn_top1", "linear_top1", "dense.mce")
 HEADLINE_COMPARISONS = ("eqcoh - dinov2_aug", "eqcoh - eqcoh_head_only", "eqcoh - eqcoh_k1", "dinov2 - untrained",
                         "dinov2_aug_fill_free - dinov2_aug", "eqcoh_fill_free - eqcoh")
@@ -159,7 +161,7 @@ def write_report(study: dict, output_dir: Path) -> None:
 
 def reconstruction_section(study: dict) -> list[str]:
     """The decoders' diagnostics of every run trained with λ > 0 (`reconstruction_group`): per model and k, the mean
-    over seeds ± the 95 % half-width, and in how many seeds the mechanism acts (issue 29's target)."""
+    over seeds ± the 95 % half-width, and in how many seeds the mechanism acts (the mechanism criteria)."""
     runs = {m: {s: sc["reconstruction"] for s, sc in by.items() if sc.get("reconstruction")}
             for m, by in study["scores"].items()}
     runs = {m: by for m, by in runs.items() if by}

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Diagnostics of the auxiliary task: is D_k's output u_k, or a θ-blind guess? (issue 29, MECHANISM_NOTES.md)
+"""Diagnostics of the auxiliary task: is D_k's output u_k, or a θ-blind guess? (the mechanism criteria)
 
 Pure tensor functions, used by the CLI `python -m dinov2_eqcoh.eval.reconstruction` (any run folder) and by
 `EqCohSSLMetaArch` during training (`step_diagnostics`, every `eqcoh.diagnostics_every` iterations, logged with
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from dinov2_eqcoh.method.transforms import render
 
 PATH_STEPS = 12  # f in {0, 1/12, ..., 1}: holds 1/3, 2/3 (K = 2), 1/2 (K = 1), 1/4 ... (K = 3)
-TOLERANCE = 1 / 6  # issue 29: "landing within 1/6 of k/(K+1)"
+TOLERANCE = 1 / 6  # the mechanism criterion: "landing within 1/6 of k/(K+1)"
 
 
 def pool_to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
@@ -132,12 +132,12 @@ def n_decoders(record: dict[str, Any]) -> int:
 
 
 def on_path(path: float, k: int, K: int) -> bool:
-    """Issue 29: D_k lands within 1/6 of k/(K+1)."""
+    """The mechanism criterion: D_k lands within 1/6 of k/(K+1)."""
     return abs(path - k / (K + 1)) <= TOLERANCE + 1e-9
 
 
 def record_acts(record: dict[str, Any]) -> bool:
-    """Issue 29's target on a diagnostics dict of numbers: every D_k below copy v2 and pooled v2, within 1/6 of
+    """The mechanism criteria on a diagnostics dict of numbers: every D_k below copy v2 and pooled v2, within 1/6 of
     k/(K+1)."""
     K = n_decoders(record)
     return all(

@@ -32,7 +32,7 @@ Also reported, independent of machine load: parameter counts, and the matmul/con
 gets a figure on any machine: `--skip step --skip memory --skip augmentation`).
 
 Output: progress while it runs, a table on stdout and a JSON file (`--output`, default
-`out/bench/bench_<preset>_<device>.json`). Targets (docs/benchmarks.md, issue 14): step-time ratio <= counted FLOP
+`out/bench/bench_<preset>_<device>.json`). Targets (docs/benchmarks.md): step-time ratio <= counted FLOP
 ratio + 0.02 (vits14 and vitl16) and <= 1.10 (vits14, CPU), memory ratio <= 1.10, augmentation throughput ratio
 >= 0.95.
 
