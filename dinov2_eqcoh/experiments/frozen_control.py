@@ -89,6 +89,9 @@ def probe_item(out: Path, name: str, seed: int, arm: str, args) -> dict:
     path = out / "scores" / f"{name}_s{seed}_{arm}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)  # no training beside the probe: every core (training uses one)
     cfg = pipeline_config(out, seed)
     print(f"[frozen] probing {name} (seed {seed}), v1 {arm}", flush=True)
     report = probe_backbone(backbone(out, name, seed, cfg), cfg, v1=arm, iterations=args.iterations,
