@@ -16,7 +16,7 @@ STUDY_ARGS ?=
 LEARNED_OPTS := teacher.teacher_temp=0.01 teacher.warmup_teacher_temp=0.01
 PYTEST_ARGS ?=
 
-.PHONY: venv dinov2 test demo demo-regime study study-learned study-regime study-regime-fill-free readme-headline lint bench clean
+.PHONY: venv dinov2 test demo demo-regime study study-learned study-regime study-regime-fill-free results-headline lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -66,9 +66,9 @@ study-regime-fill-free: build/dinov2.stamp
 		--models dinov2,dinov2_aug,eqcoh,eqcoh_k1,eqcoh_head_only,dinov2_aug_fill_free,eqcoh_fill_free --budget 4 \
 		$(STUDY_ARGS) $(REGIME_OPTS)
 
-# The README's headline block (between its study-regime markers) from the regime study's committed report.
-readme-headline: $(VENV)/.installed
-	$(PYTHON) -m dinov2_eqcoh.experiments.headline --study docs/study/regime/study.md --readme README.md
+# docs/results.md's headline block (between its study-regime markers) from the regime study's committed report.
+results-headline: $(VENV)/.installed
+	$(PYTHON) -m dinov2_eqcoh.experiments.headline --study docs/study/regime/study.md --into docs/results.md
 
 bench: build/dinov2.stamp
 	$(PYTHON) -m dinov2_eqcoh.experiments.bench

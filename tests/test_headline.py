@@ -1,4 +1,5 @@
-"""`make readme-headline`: the README's headline block is the regime study's report, copied by code, not by hand."""
+"""`make results-headline`: docs/results.md's headline block is the regime study's report, copied by code, not by
+hand."""
 
 from pathlib import Path
 
@@ -10,9 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "docs/study/regime/study.md"
 
 
-def test_readme_block_matches_the_committed_study_report():
-    # Fails when study.md is regenerated and the README is not (or the README is edited by hand).
-    assert headline.main(["--study", str(STUDY), "--readme", str(REPO / "README.md"), "--check"]) == 0
+def test_results_block_matches_the_committed_study_report():
+    # Fails when study.md is regenerated and docs/results.md is not (or the block is edited by hand).
+    assert headline.main(["--study", str(STUDY), "--into", str(REPO / "docs/results.md"), "--check"]) == 0
 
 
 def test_update_replaces_only_the_block(tmp_path, capsys):
@@ -22,7 +23,7 @@ def test_update_replaces_only_the_block(tmp_path, capsys):
     (tmp_path / "study.md").write_text(changed)
     readme = "# title\n\nbefore\n\n" + headline.BEGIN + "\nold table\n" + headline.END + "\n\nafter\n"
     (tmp_path / "README.md").write_text(readme)
-    args = ["--study", str(tmp_path / "study.md"), "--readme", str(tmp_path / "README.md")]
+    args = ["--study", str(tmp_path / "study.md"), "--into", str(tmp_path / "README.md")]
     assert headline.main(args + ["--check"]) == 1
     assert headline.main(args) == 0
     new = (tmp_path / "README.md").read_text()
@@ -38,7 +39,7 @@ def test_update_replaces_only_the_block(tmp_path, capsys):
 
 def test_readme_without_markers_is_refused_and_left_as_it_was(tmp_path, capsys):
     (tmp_path / "README.md").write_text("no markers here\n" + headline.BEGIN + "\n")
-    rc = headline.main(["--study", str(STUDY), "--readme", str(tmp_path / "README.md")])
+    rc = headline.main(["--study", str(STUDY), "--into", str(tmp_path / "README.md")])
     assert rc == 2
     assert "README.md" in capsys.readouterr().err
     assert (tmp_path / "README.md").read_text() == "no markers here\n" + headline.BEGIN + "\n"

@@ -1,17 +1,17 @@
-"""`make readme-headline`: copy a study report's headline tables into the README, between markers.
+"""`make results-headline`: copy a study report's headline tables into docs/results.md, between markers.
 
-The README's Results section shows the headline of the regime study (`make study-regime`). This writes it from the
-report instead of by hand: the tables that `study.write_report` puts under "Headline" (the model table and the paired
+docs/results.md opens with the headline of the regime study (`make study-regime`). This writes it from the report
+instead of by hand: the tables that the study report puts under "Headline" (the model table and the paired
 comparisons) and the decoders' diagnostics table ("| model | n | k | ..."), in that order, replace whatever lies
 between
 
     <!-- study-regime headline: begin -->
     <!-- study-regime headline: end -->
 
-Nothing outside the markers changes; a README without both markers, or a report without a headline, is refused with
-the file and the missing text named, and the README is left as it was.
+Nothing outside the markers changes; a document without both markers, or a report without a headline, is refused
+with the file and the missing text named, and the document is left as it was.
 
-    python -m dinov2_eqcoh.experiments.headline [--study docs/study/regime/study.md] [--readme README.md] [--check]
+    python -m dinov2_eqcoh.experiments.headline [--study docs/study/regime/study.md] [--into docs/results.md] [--check]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _tables(lines: list[str], start: int) -> list[list[str]]:
 
 
 def headline_block(study_md: str, source: str = "study.md") -> str:
-    """The README block of a study report: its headline tables, then its diagnostics table if it has one.
+    """The headline block of a study report: its headline tables, then its diagnostics table if it has one.
 
     Raises ValueError naming `source` when the report has no headline (an older report, or not a study report)."""
     lines = study_md.splitlines()
@@ -60,12 +60,12 @@ def headline_block(study_md: str, source: str = "study.md") -> str:
     return "\n\n".join("\n".join(t) for t in tables)
 
 
-def splice(readme: str, block: str, source: str = "README.md") -> str:
-    """`readme` with the text between the markers replaced by `block` (one line after BEGIN, one before END)."""
+def splice(document: str, block: str, source: str = "docs/results.md") -> str:
+    """`document` with the text between the markers replaced by `block` (one line after BEGIN, one before END)."""
     for marker in (BEGIN, END):
-        if readme.count(marker) != 1:
-            raise ValueError(f"{source}: needs exactly one line {marker!r}, found {readme.count(marker)}")
-    head, rest = readme.split(BEGIN)
+        if document.count(marker) != 1:
+            raise ValueError(f"{source}: needs exactly one line {marker!r}, found {document.count(marker)}")
+    head, rest = document.split(BEGIN)
     if END not in rest:
         raise ValueError(f"{source}: {END!r} comes before {BEGIN!r}")
     tail = rest.split(END)[1]
@@ -73,30 +73,32 @@ def splice(readme: str, block: str, source: str = "README.md") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", type=Path, default=Path("docs/study/regime/study.md"))
-    parser.add_argument("--readme", type=Path, default=Path("README.md"))
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the README's block differs")
+    parser = argparse.ArgumentParser("python -m dinov2_eqcoh.experiments.headline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", type=Path, default=Path("docs/study/regime/study.md"),
+                        help="the study report (default docs/study/regime/study.md)")
+    parser.add_argument("--into", type=Path, default=Path("docs/results.md"),
+                        help="the document holding the markers (default docs/results.md)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the document's block differs")
     args = parser.parse_args(argv)
     try:
         block = headline_block(args.study.read_text(), str(args.study))
-        old = args.readme.read_text()
-        new = splice(old, block, str(args.readme))
+        old = args.into.read_text()
+        new = splice(old, block, str(args.into))
     except (OSError, ValueError) as exc:
-        print(f"readme-headline: {exc}", file=sys.stderr)
+        print(f"results-headline: {exc}", file=sys.stderr)
         return 2
     if args.check:
         if new != old:
-            print(f"readme-headline: {args.readme}'s headline differs from {args.study}; run make readme-headline",
+            print(f"results-headline: {args.into}'s headline differs from {args.study}; run make results-headline",
                   file=sys.stderr)
             return 1
-        print(f"readme-headline: {args.readme} matches {args.study}")
+        print(f"results-headline: {args.into} matches {args.study}")
         return 0
     if new != old:
-        tmp = args.readme.with_name(args.readme.name + ".tmp")
+        tmp = args.into.with_name(args.into.name + ".tmp")
         tmp.write_text(new)
-        tmp.replace(args.readme)
-    print(f"readme-headline: {args.readme} {'updated' if new != old else 'already matches'} from {args.study}")
+        tmp.replace(args.into)
+    print(f"results-headline: {args.into} {'updated' if new != old else 'already matches'} from {args.study}")
     return 0
 
 
