@@ -88,3 +88,12 @@ def test_no_document_holds_a_machine_path():
     files = documents() + sorted((REPO / "docs").rglob("*.json"))
     bad = [f"{p.relative_to(REPO)}: {m}" for p in files for m in MACHINE_PATH.findall(p.read_text())]
     assert not bad, "paths of the machine a document was written on:\n" + "\n".join(bad[:20])
+
+
+ISSUE = re.compile(r"\b[Ii]ssue(?:\s+#?|#)\d+")  # a file name such as bench/issue20_*.json is a name, not a citation
+
+
+def test_no_document_cites_an_issue_number():
+    assert ISSUE.search("(issue 29, part 2)") and not ISSUE.search("bench/issue20_vits14_cpu.json")
+    bad = [f"{d.relative_to(REPO)}: {m.group(0)}" for d in documents() for m in ISSUE.finditer(d.read_text())]
+    assert not bad, "issue numbers a user cannot open:\n" + "\n".join(bad)
